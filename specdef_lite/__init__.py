@@ -1,0 +1,43 @@
+"""specdef-lite: SpecDef (spectral deformation against fine-tuning), its curvature, and the attacks on it.
+
+Public names are imported lazily from their modules, so ``import specdef_lite`` stays fast and the
+language-model path (transformers) is only imported when used. See README.md for the course map.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (one idea per module)
+_EXPORTS = {
+    # the deformation (PAPER.md, "SpecDef")
+    "SpecDefLinear": "deform", "specdef": "deform", "scale_only": "deform",
+    "deformed_layers": "deform", "spectrum_ratio": "deform", "linear_weight": "deform",
+    # the attacker (PAPER.md, "The limit")
+    "fuse": "attacks", "inject": "attacks", "InjectedLinear": "attacks",
+    "param_overhead": "attacks", "ParamOverhead": "attacks", "detect": "attacks", "detect_scores": "attacks",
+    # curvature
+    "as_operator": "operators", "HessianOperator": "operators", "LinearOperator": "operators",
+    "hessian": "hessian", "hvp": "hessian", "loss_fn_of": "hessian", "select_params": "hessian",
+    "top_eigenvalues": "eigen", "lanczos": "eigen", "power_iteration": "eigen", "EigenResult": "eigen",
+    "theorem3_bound": "theorem3", "theorem3_factors": "theorem3", "Theorem3Result": "theorem3",
+    # optimisation
+    "make_optimizer": "optim", "Newton": "optim", "Sophia": "optim",
+    "train": "train", "Trace": "train", "lr_sweep": "train", "Sweep": "train", "race": "train",
+}
+
+__all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    if name in {"problems", "llm", "widgets", "precision", "exercises", "deform", "attacks"}:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
