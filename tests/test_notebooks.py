@@ -1,0 +1,60 @@
+"""Execute every notebook in notebooks/ with papermill (Python API, one process), with small parameters.
+
+Each notebook keeps its own test-size parameters in its metadata, ``metadata.specdef_lite.test_parameters``,
+so adding a notebook never means editing this file. The harness sets SPECDEF_LITE_HEADLESS=1 (explorers
+render static figures) and writes the executed copies to build/executed/ for nbval and the HTML book.
+Every notebook ends with a cell of assertions, so a pass here means the course's lessons held.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXECUTED = ROOT / "build" / "executed"
+KERNEL = "specdef-lite"
+
+
+def _meta(path: Path) -> dict:
+    return json.loads(path.read_text())["metadata"]
+
+
+def test_course_exists():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+    assert NOTEBOOKS[0].name.startswith("00_")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_clean(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == KERNEL
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "parameters" in code[0]["metadata"].get("tags", []), "first code cell must be tagged `parameters`"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
+    assert "widgets" not in nb["metadata"], "commit without widget state"
+    assert "assert" in "".join(code[-1]["source"]), "the last cell must assert the lesson"
+    assert isinstance(nb["metadata"].get("specdef_lite", {}).get("test_parameters"), dict)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, monkeypatch):
+    import papermill as pm
+
+    monkeypatch.setenv("SPECDEF_LITE_HEADLESS", "1")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    params = _meta(path)["specdef_lite"]["test_parameters"]
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    out = EXECUTED / path.name
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=KERNEL, cwd=str(path.parent),
+                        progress_bar=False, log_output=False)
+    seconds = time.perf_counter() - t0
+    nb = json.loads(out.read_text())
+    assert "widgets" not in nb["metadata"] or not nb["metadata"]["widgets"], "executed notebook carries widget state"
+    (EXECUTED / f"{path.stem}.seconds").write_text(f"{seconds:.2f}\n")
+    print(f"{path.name}: {seconds:.1f} s")
