@@ -19,7 +19,8 @@ _EXPORTS = {
     "param_overhead": "attacks", "ParamOverhead": "attacks", "detect": "attacks", "detect_scores": "attacks",
     # curvature
     "as_operator": "operators", "HessianOperator": "operators", "LinearOperator": "operators",
-    "hessian": "hessian", "hvp": "hessian", "loss_fn_of": "hessian", "select_params": "hessian",
+    "hessian": "curvature", "hvp": "curvature", "loss_fn_of": "curvature", "select_params": "curvature",
+    "flatten_params": "curvature", "unflatten_like": "curvature", "cross_block": "theorem3",
     "top_eigenvalues": "eigen", "lanczos": "eigen", "power_iteration": "eigen", "EigenResult": "eigen",
     "theorem3_bound": "theorem3", "theorem3_factors": "theorem3", "Theorem3Result": "theorem3",
     # optimisation

@@ -1,0 +1,119 @@
+"""Lanczos vs power iteration for the top eigenvalue |λ|_max, at equal accuracy, side by side in one run.
+
+For each problem we take the reference λ from ``numpy.linalg.eigvalsh`` of the dense matrix, then find
+for each solver the smallest number of steps m whose estimate has relative error ≤ TARGET (run with
+tol=0 so the solver does exactly m steps; exponential search then bisection over m). We then time that
+run (best of REPEATS) and report products with H (matvecs, Lanczos includes its one residual product),
+wall time, and the power/Lanczos ratios.
+
+Problems: a dense Wishart matrix XᵀX/m with a small top gap, and the Hessian of a SpecDef-locked MLP
+reached only through Hessian-vector products (forward-over-reverse), at α = 1 (the undeformed function
+with an identity C) and α = 10. SpecDef makes |λ|_max ∝ α² stand far above the rest of the spectrum, so
+at α = 10 the gap is wide and plain power iteration is already as good as Lanczos: Lanczos pays off
+where the gap is small.
+
+Run:  cd /work/main && .venv/bin/python benchmarks/bench_lanczos.py
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from specdef_lite.deform import specdef
+from specdef_lite.eigen import lanczos, power_iteration
+from specdef_lite.curvature import hessian, loss_fn_of
+from specdef_lite.operators import HessianOperator, as_operator
+
+TARGET, REPEATS, F64 = 1e-8, 7, torch.float64
+
+
+class Regression:
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def loss(self, f):
+        return ((f(self.X) - self.y) ** 2).mean()
+
+
+def wishart_problem(g: torch.Generator, n: int = 500, m: int = 2000):
+    X = torch.randn(m, n, generator=g, dtype=F64)
+    return f"Wishart XᵀX/m, n={n}, m={m} (dense)", as_operator(X.T @ X / m), X.T @ X / m
+
+
+def locked_mlp_problem(g: torch.Generator, alpha: float = 10.0):
+    sizes = [8, 32, 32, 1]
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(a, b, dtype=F64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(b, a, generator=g, dtype=F64) / math.sqrt(a))
+            lin.bias.copy_(0.1 * torch.randn(b, generator=g, dtype=F64))
+        layers += [lin, nn.Tanh()] if i < len(sizes) - 2 else [lin]
+    net = specdef(nn.Sequential(*layers), alpha, k=1, targets="2")
+    task = Regression(torch.randn(64, 8, generator=g, dtype=F64), torch.randn(64, 1, generator=g, dtype=F64))
+    loss_fn, theta = loss_fn_of(net, task)
+    op = HessianOperator(loss_fn, theta)
+    return f"locked MLP 8→32→(W̃,C)→32→1, α={alpha:g}, n={op.size} (HVPs)", op, hessian(loss_fn, theta)
+
+
+def steps_to_target(solve, lam_ref: float, m_max: int) -> int:
+    """Smallest m with |λ̂_m − λ| ≤ TARGET·|λ| (assumes the error falls with m, as it does here)."""
+    ok = lambda m: abs(solve(m).values[0].item() - lam_ref) <= TARGET * abs(lam_ref)  # noqa: E731
+    hi = 1
+    while not ok(hi):
+        if hi >= m_max:
+            raise RuntimeError(f"target not reached in {m_max} steps")
+        hi = min(2 * hi, m_max)
+    lo = hi // 2  # ok(lo) is False (or lo = 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def measure(name, op, H_dense) -> list[str]:
+    lam = np.linalg.eigvalsh(H_dense.numpy())
+    lam_abs = np.sort(np.abs(lam))[::-1]
+    lam_ref = float(lam[np.argmax(np.abs(lam))])
+    gap = (lam_abs[0] - lam_abs[1]) / lam_abs[0]
+    solvers = {
+        "lanczos": lambda m: lanczos(op, k=1, max_iter=m, tol=0.0, seed=0),
+        "power": lambda m: power_iteration(op, k=1, max_iter=m, tol=0.0, seed=0),
+    }
+    rows, stats = [], {}
+    for sname, solve in solvers.items():
+        m = steps_to_target(solve, lam_ref, m_max=op.size if sname == "lanczos" else 200_000)
+        times = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            r = solve(m)
+            times.append(time.perf_counter() - t0)
+        err = abs(r.values[0].item() - lam_ref) / abs(lam_ref)
+        stats[sname] = (r.matvecs, min(times))
+        rows.append(f"| {name} | {sname} | {r.matvecs} | {min(times) * 1e3:.1f} | {err:.1e} |")
+    ratio_mv = stats["power"][0] / stats["lanczos"][0]
+    ratio_t = stats["power"][1] / stats["lanczos"][1]
+    rows.append(f"| ↳ λ = {lam_ref:.6g}, gap (|λ₁|−|λ₂|)/|λ₁| = {gap:.3g} | **power / lanczos** | "
+                f"**{ratio_mv:.1f}×** | **{ratio_t:.1f}×** | |")
+    return rows
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, "
+          f"target relative error {TARGET:g}, best of {REPEATS}")
+    print("| problem | solver | matvecs | wall ms | rel. error |")
+    print("|---|---|---|---|---|")
+    for problem in (wishart_problem(g), locked_mlp_problem(g, alpha=1.0), locked_mlp_problem(g, alpha=10.0)):
+        for row in measure(*problem):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
