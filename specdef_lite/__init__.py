@@ -25,7 +25,7 @@ _EXPORTS = {
     "theorem3_bound": "theorem3", "theorem3_factors": "theorem3", "Theorem3Result": "theorem3",
     # optimisation
     "make_optimizer": "optim", "Newton": "optim", "Sophia": "optim",
-    "train": "train", "Trace": "train", "lr_sweep": "train", "Sweep": "train", "race": "train",
+    "train": "training", "Trace": "training", "lr_sweep": "training", "Sweep": "training", "race": "training",
 }
 
 __all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises"]
