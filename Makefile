@@ -27,6 +27,9 @@ lab: venv
 
 test: venv
 	$(BIN)/python -m pytest
+	# nbval (lax: errors only) over the course as papermill just executed it, with its test parameters
+	SPECDEF_LITE_HEADLESS=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) \
+		-o addopts="" -o testpaths="" build/executed/0[0-5]_*.ipynb
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow" --ignore=tests/test_notebooks.py
