@@ -63,10 +63,12 @@ def check(name: str, answer, **context) -> Feedback:
 
 def compare(name: str, answer, expected: float, *, rtol: float, right: str, wrong: str) -> Feedback:
     """Numeric verdict |answer − expected| ≤ rtol·|expected|; ``right``/``wrong`` explain either way."""
+    if answer is None or answer is ...:  # not answered yet: never give the answer away
+        return Feedback(name, False, answer, "?", "No answer yet: replace None with your number and re-run.")
     try:
         a = float(answer)
     except (TypeError, ValueError):
-        return Feedback(name, False, answer, expected, "Please answer with a number.")
+        return Feedback(name, False, answer, "?", "Please answer with a number.")
     ok = math.isfinite(a) and abs(a - expected) <= rtol * abs(expected)
     return Feedback(name, ok, answer, round(expected, 6), right if ok else wrong)
 

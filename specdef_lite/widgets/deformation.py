@@ -1,0 +1,277 @@
+"""Notebook 02: W̃ = W + (α − 1) U_k Σ_k V_kᵀ, C W̃ = W — what SpecDef does to the spectrum, the function and ∇²ℒ.
+
+One sweep over a log grid of α answers the notebook's three questions for a small network:
+
+* **spectrum** — σᵢ(W̃) = α σᵢ(W) for i ≤ k, the rest untouched;
+* **function** — max |f − f'| over held-out inputs stays at float64 rounding (≈ α·ε·max|f|) for SpecDef,
+  while the scale-only ablation (no C) changes the outputs by O(1);
+* **curvature** — σ₁(∇²ℒ) of the attacker's loss in the released parameters grows like α² (the curvature
+  with respect to C scales with ‖W̃h‖²), beside Theorem 3's rigorous lower bound σ₁(H_{θ₁,C}) ≤ σ₁(∇²ℒ),
+  which grows like α (PAPER.md, Theorem 3; its angle definitions are a reconstruction).
+
+Why precompute: one σ₁(∇²ℒ) is a Lanczos run of ~6–16 Hessian-vector products (~0.1 s here), far too slow
+for a slider. ``DeformationExplorer`` therefore sweeps the whole α grid once per k (lazily, cached), and a
+slider update is a lookup plus an assignment of a few short arrays (STYLE.md §8). HVPs use double
+backward: on these small MLPs it is ~2× faster than forward-over-reverse and gives the same numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from ._base import Explorer, log_grid
+
+__all__ = ["DeformationExplorer", "DeformationSweep", "deformation_sweep"]
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _sl():
+    import specdef_lite as sl  # lazy: the package imports its modules on first use
+    return sl
+
+
+@dataclass(frozen=True)
+class DeformationSweep:
+    """SpecDef of one layer over a grid of α, every quantity notebook 02 plots (float64 numpy arrays).
+
+    Attributes:
+        alphas: (n,) the grid; k: singular values scaled; layer: the deformed layer's name.
+        sigma_W: (r,) singular values of W, descending; sigma_W_tilde: (n, r) those of W̃ at each α.
+        err_specdef, err_scale_only: (n,) max |f(x) − f'(x)| over the inputs, locked vs released and
+            scale-only vs released.
+        f_max: max |f(x)| of the released model on the same inputs (the scale of its outputs).
+        sigma1_H: (n,) σ₁(∇²ℒ) = |λ|_max of the harmful-task loss in the locked model's parameters.
+        bound: (n,) Theorem 3's lower bound σ₁(H_{before, layer.C}) ≤ σ₁(∇²ℒ).
+        top_in_C: (n,) share of the top eigenvector's squared norm on the compensation C (1 = all of it).
+        converged: (n,) whether each Lanczos run met its tolerance.
+    """
+    alphas: np.ndarray
+    k: int
+    layer: str
+    before: str
+    sigma_W: np.ndarray
+    sigma_W_tilde: np.ndarray
+    err_specdef: np.ndarray
+    err_scale_only: np.ndarray
+    f_max: float
+    sigma1_H: np.ndarray
+    bound: np.ndarray
+    top_in_C: np.ndarray
+    converged: np.ndarray
+
+    def index(self, alpha: float) -> int:
+        """Index of the grid point nearest to ``alpha`` on a log scale."""
+        return int(np.argmin(np.abs(np.log10(self.alphas) - np.log10(float(alpha)))))
+
+    def slope(self, name: str = "sigma1_H", alpha_min: float = 100.0) -> float:
+        """d log y / d log α by least squares over α ≥ ``alpha_min`` (2 for σ₁(∇²ℒ), 1 for the bound)."""
+        y = getattr(self, name)
+        ok = self.alphas >= alpha_min
+        if ok.sum() < 2:
+            raise ValueError(f"need two grid points with α ≥ {alpha_min}, have {int(ok.sum())}")
+        return float(np.polyfit(np.log(self.alphas[ok]), np.log(y[ok]), 1)[0])
+
+    @property
+    def max_stable_lr(self) -> np.ndarray:
+        """2/σ₁(∇²ℒ) at each α: gradient descent's stability limit at the released point (PAPER.md)."""
+        return 2.0 / self.sigma1_H
+
+
+def _gaps(y) -> np.ndarray:
+    """Exact zeros (no error at all, e.g. the ablation at α = 1) become gaps: a log axis cannot show 0."""
+    y = np.asarray(y, dtype=float)
+    return np.where(y > 0, y, np.nan)
+
+
+def _before_of(model: torch.nn.Module, layer: str) -> str:
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if layer not in linear:
+        raise ValueError(f"layer {layer!r} is not a linear layer of the model; linear layers: {linear}")
+    i = linear.index(layer)
+    if i == 0:
+        raise ValueError(f"layer {layer!r} is the first linear layer: Theorem 3 needs a layer before it")
+    return f"{linear[i - 1]}.weight"
+
+
+def deformation_sweep(problem, alphas: Sequence[float], *, k: int = 1, layer: str = "2", before: str | None = None,
+                      inputs: torch.Tensor | None = None, hvp_method: str = "double-backward",
+                      progress: bool = False) -> DeformationSweep:
+    """For each α: σ(W̃), max|f − f'| (SpecDef and scale-only), σ₁(∇²ℒ_H) and Theorem 3's bound, in float64.
+
+    Args:
+        problem: a ``problems.ToyProblem`` (``released`` model, harmful ``task``, ``utility`` inputs).
+        alphas: the grid (sorted ascending in the result); k: singular values to scale.
+        layer: the linear layer to deform; before: the parameter of the layer before it for Theorem 3's
+            cross-block (default: the previous linear layer's weight).
+        inputs: where to compare f and f' (default: the utility inputs).
+        hvp_method: passed to ``top_eigenvalues``.
+
+    Example:
+        >>> from specdef_lite import problems
+        >>> sw = deformation_sweep(problems.teacher_student(seed=0), [1.0, 1e2, 1e4])
+        >>> [round(float(r), 6) for r in sw.sigma_W_tilde[:, 0] / sw.sigma_W[0]]
+        [1.0, 100.0, 10000.0]
+        >>> bool((sw.err_specdef < 1e-9).all()), bool(sw.err_scale_only[-1] > 0.1)
+        (True, True)
+        >>> round(sw.slope(), 3), bool((sw.bound <= sw.sigma1_H).all())
+        (2.0, True)
+    """
+    from tqdm.auto import tqdm
+    sl = _sl()
+    released = problem.released
+    before = before or _before_of(released, layer)
+    X = problem.utility.inputs if inputs is None else inputs
+    grid = np.sort(np.asarray(list(alphas), dtype=np.float64))
+    with torch.no_grad():
+        f0 = released(X)
+        W, _ = sl.linear_weight(released.get_submodule(layer))
+        sigma_W = torch.linalg.svdvals(W.detach().double()).numpy()
+    n, r = grid.size, sigma_W.size
+    sig_t, err1, err2 = np.zeros((n, r)), np.zeros(n), np.zeros(n)
+    s1, bnd, in_C, conv = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
+    for i, alpha in enumerate(tqdm(grid, disable=not progress, desc=f"α sweep (k={k})", leave=False)):
+        locked = sl.specdef(released, float(alpha), k=k, targets=layer)
+        scaled = sl.scale_only(released, float(alpha), k=k, targets=layer)
+        with torch.no_grad():
+            err1[i] = float((locked(X) - f0).abs().max())
+            err2[i] = float((scaled(X) - f0).abs().max())
+            sig_t[i] = torch.linalg.svdvals(locked.get_submodule(layer).W_tilde.detach().double()).numpy()
+        loss_fn, theta = sl.loss_fn_of(locked, problem.task)
+        eig = sl.top_eigenvalues(loss_fn, theta, k=1, hvp_method=hvp_method, seed=0)
+        s1[i], conv[i] = abs(float(eig.values[0])), bool(eig.converged)
+        in_C[i] = float(sl.unflatten_like(eig.vectors[:, 0], theta)[f"{layer}.C"].pow(2).sum())  # ‖v‖ = 1
+        bnd[i] = sl.theorem3_bound(loss_fn, theta, before, f"{layer}.C", through=f"{layer}.W_tilde").bound
+    return DeformationSweep(grid, int(k), layer, before, sigma_W, sig_t, err1, err2,
+                            float(f0.abs().max()), s1, bnd, in_C, conv)
+
+
+class DeformationExplorer(Explorer):
+    """SpecDef on a small MLP: spectrum before/after, max|f − f'| vs α, σ₁(∇²ℒ) vs α beside Theorem 3's bound.
+
+    Controls: α (log slider, 1 … ``alpha_max``, snapped to the grid) and k. Each k is swept over the whole
+    α grid once, on first use; every other update is a lookup (``sweep(k)``, ``frame``).
+
+    Args:
+        problem: a ``problems.ToyProblem`` (default ``teacher_student(seed=seed)``: 8 → 16 → 16 → 1, tanh).
+        alpha, k: the starting state; k_max: the k slider's maximum.
+        layer: the deformed layer ("2", the hidden 16×16 weight B of Theorem 3's three-layer picture).
+        per_decade, alpha_max: the α grid, ``log_grid(1, alpha_max, per_decade)``.
+        live: None (decide), True (FigureWidget) or False (static figure).
+    """
+
+    static_over = "alpha"
+    prefix = "α = "
+
+    def __init__(self, problem=None, *, alpha: float = 1e2, k: int = 1, k_max: int = 4, layer: str = "2",
+                 per_decade: int = 4, alpha_max: float = 1e6, seed: int = 0, progress: bool = False,
+                 live: bool | None = None):
+        self.problem = problem if problem is not None else _sl().problems.teacher_student(seed=seed)
+        self.layer, self.k_max, self.progress = layer, int(k_max), progress
+        self.grid = log_grid(1.0, alpha_max, per_decade)
+        self.per_decade = per_decade
+        self._start = dict(alpha=float(self.grid[np.argmin(np.abs(np.log10(self.grid) - np.log10(alpha)))]),
+                           k=int(k))
+        if not 1 <= self._start["k"] <= self.k_max:
+            raise ValueError(f"k must lie in 1 … k_max={self.k_max}, got {k}")
+        self._sweeps: dict[int, DeformationSweep] = {}
+        W, _ = _sl().linear_weight(self.problem.released.get_submodule(layer))
+        self._sigma_W = torch.linalg.svdvals(W.detach().double()).numpy()
+        super().__init__(live=live)
+
+    def sweep(self, k: int | None = None) -> DeformationSweep:
+        """The α sweep for ``k`` (default: the current k), computed on first use and cached."""
+        k = int(self.state()["k"] if k is None else k)
+        if k not in self._sweeps:
+            self._sweeps[k] = deformation_sweep(self.problem, self.grid, k=k, layer=self.layer,
+                                                progress=self.progress)
+        return self._sweeps[k]
+
+    # --- Explorer interface --------------------------------------------------------------------------
+    def make_controls(self) -> dict[str, Any]:
+        if not self.live:
+            return dict(self._start)
+        import ipywidgets as W
+        from ._base import alpha_slider
+        return {"alpha": alpha_slider(self._start["alpha"], 1.0, float(self.grid[-1]), self.per_decade),
+                "k": W.IntSlider(value=self._start["k"], min=1, max=self.k_max, description="k",
+                                 continuous_update=False)}
+
+    def build_figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                            subplot_titles=("singular values of the deformed layer",
+                                            "same function? max |f − f'| on held-out inputs",
+                                            "curvature σ₁(∇²ℒ) of the attacker's loss"))
+        idx = np.arange(1, self._sigma_W.size + 1)
+        a = self.grid
+        grey, blue, red, green = "#888", "#1f77b4", "#d62728", "#2ca02c"
+        fig.add_trace(go.Scatter(x=idx, y=self._sigma_W, mode="markers", name="σᵢ(W), before",
+                                 marker=dict(symbol="circle-open", size=10, color=grey)), 1, 1)  # 0
+        fig.add_trace(go.Scatter(x=idx, y=self._sigma_W, mode="markers", name="σᵢ(W̃), after",
+                                 marker=dict(size=7, color=blue)), 1, 1)  # 1
+        fig.add_trace(go.Scatter(x=a, y=np.ones_like(a), mode="lines+markers", name="SpecDef (W̃ then C)",
+                                 line=dict(color=blue), marker=dict(size=4)), 1, 2)  # 2
+        fig.add_trace(go.Scatter(x=a, y=np.ones_like(a), mode="lines+markers", name="scale only (no C)",
+                                 line=dict(color=red), marker=dict(size=4)), 1, 2)  # 3
+        fig.add_trace(go.Scatter(x=a, y=a * EPS64, mode="lines", name="α·ε₆₄·max|f| (rounding)",
+                                 line=dict(color=grey, dash="dot")), 1, 2)  # 4 (scaled by f_max in apply)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="current α", showlegend=False,
+                                 marker=dict(size=13, color=[blue, red], line=dict(width=1, color="black"))),
+                      1, 2)  # 5
+        fig.add_trace(go.Scatter(x=a, y=np.ones_like(a), mode="lines+markers", name="σ₁(∇²ℒ), measured",
+                                 line=dict(color=blue, width=2), marker=dict(size=5)), 1, 3)  # 6
+        fig.add_trace(go.Scatter(x=a, y=np.ones_like(a), mode="lines+markers",
+                                 name="Theorem 3 lower bound σ₁(H[θ₁, C])", line=dict(color=green),
+                                 marker=dict(size=5, symbol="triangle-up")), 1, 3)  # 7
+        fig.add_trace(go.Scatter(x=a, y=np.ones_like(a), mode="lines", name="slope-2 guide ∝ α² (×10 above)",
+                                 line=dict(color=grey, dash="dash")), 1, 3)  # 8
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", showlegend=False, name="current α",
+                                 marker=dict(size=13, color=[blue, green], line=dict(width=1, color="black"))),
+                      1, 3)  # 9
+        fig.add_trace(go.Scatter(x=[], y=[], mode="text", textposition="bottom right", showlegend=False,
+                                 textfont=dict(size=12)), 1, 3)  # 10: verdict
+        fig.update_xaxes(title_text="index i", row=1, col=1)
+        fig.update_yaxes(title_text="σᵢ", type="log", exponentformat="power", row=1, col=1)
+        for col in (2, 3):
+            fig.update_xaxes(title_text="α", type="log", exponentformat="power", dtick=2, row=1, col=col)
+        fig.update_yaxes(title_text="max |f − f'|", type="log", exponentformat="power", row=1, col=2)
+        fig.update_yaxes(title_text="σ₁ (log scale)", type="log", exponentformat="power", row=1, col=3)
+        fig.update_layout(height=520, width=1200, margin=dict(t=120, b=40, l=60, r=20),
+                          legend=dict(orientation="h", yanchor="bottom", y=1.12, x=0.0), hovermode="closest")
+        return fig
+
+    def compute(self, *, alpha: float, k: int) -> dict[int, dict]:
+        sw = self.sweep(k)
+        i = sw.index(alpha)
+        a = sw.alphas
+        guide = 10 * sw.sigma1_H[-1] * (a / a[-1]) ** 2  # ×10 above the largest α, where σ₁ ∝ α² holds
+        text = (f"α = {a[i]:.3g}, k = {k}<br>σ₁(∇²ℒ) = {sw.sigma1_H[i]:.3g} (×{sw.sigma1_H[i] / sw.sigma1_H[0]:.2g}"
+                f" vs α = 1)<br>bound = {sw.bound[i]:.3g}<br>GD needs η < 2/σ₁ = {sw.max_stable_lr[i]:.2g}")
+        return {
+            1: {"y": sw.sigma_W_tilde[i]},
+            2: {"y": _gaps(sw.err_specdef)},
+            3: {"y": _gaps(sw.err_scale_only)},
+            4: {"y": a * EPS64 * sw.f_max},
+            5: {"x": [a[i], a[i]], "y": _gaps([sw.err_specdef[i], sw.err_scale_only[i]])},
+            6: {"y": sw.sigma1_H},
+            7: {"y": sw.bound},
+            8: {"y": guide},
+            9: {"x": [a[i], a[i]], "y": [sw.sigma1_H[i], sw.bound[i]]},
+            10: {"x": [a[0]], "y": [sw.sigma1_H[-1]], "text": [text]},
+        }
+
+    def at(self, alpha: float | None = None, k: int | None = None) -> dict[str, float]:
+        """The numbers shown at (α, k) (default: the current state), for prose and tests."""
+        state = self.state()
+        sw = self.sweep(state["k"] if k is None else k)
+        i = sw.index(state["alpha"] if alpha is None else alpha)
+        return {"alpha": float(sw.alphas[i]), "sigma1_W_tilde": float(sw.sigma_W_tilde[i, 0]),
+                "err_specdef": float(sw.err_specdef[i]), "err_scale_only": float(sw.err_scale_only[i]),
+                "sigma1_H": float(sw.sigma1_H[i]), "bound": float(sw.bound[i]),
+                "max_stable_lr": float(sw.max_stable_lr[i]), "top_in_C": float(sw.top_in_C[i])}

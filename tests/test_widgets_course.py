@@ -1,0 +1,233 @@
+"""The explorers of notebooks 01 and 02, headless and live: a control moves, a trace shows the right numbers.
+
+Each check recomputes the number another way (the library's ``race``/``top_eigenvalues``/``specdef`` directly,
+or a closed form) and compares it with what the figure holds. Update latencies are measured and reported
+(printed, and recorded as junit properties), never asserted: timing belongs to benchmarks/.
+"""
+import time
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+import specdef_lite as sl
+from specdef_lite.widgets.conditioning import (ConditioningExplorer, descent_path, gd_rate, loss_curves_figure,
+                                               steps_vs_kappa)
+from specdef_lite.widgets.deformation import DeformationExplorer, deformation_sweep
+
+ALPHAS = [1.0, 1e2, 1e4]
+
+
+
+def _slider_steps(fig: go.Figure):
+    return fig.layout.sliders[0].steps
+
+
+# --- 01 conditioning ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cond():
+    return ConditioningExplorer(kappa=10.0, lr=0.1, steps=60, live=False)
+
+
+def test_gd_rate_edge_is_two_over_lambda_max():
+    assert gd_rate(0.2 - 1e-12, 10.0) < 1 < gd_rate(0.2 + 1e-9, 10.0)
+    assert gd_rate(1.0, 1.0) == 0.0
+
+
+def test_descent_path_matches_the_library_training_loop():
+    model, task = sl.problems.quadratic([1.0, 30.0], seed=0)
+    runs = sl.race(model, task, {"GD": ("sgd", 0.05), "Adam": ("adam", 0.3)}, 40)
+    for opt, lr in [("GD", 0.05), ("Adam", 0.3)]:
+        p = descent_path(30.0, lr, opt, steps=40)
+        np.testing.assert_allclose(p.losses, runs[opt].losses, rtol=1e-12, atol=0)
+        # the path's loss is ½(θ − θ*)ᵀA(θ − θ*) of its own iterates
+        d = p.theta - p.theta_star
+        np.testing.assert_allclose(0.5 * np.einsum("ti,ij,tj->t", d, task.A.numpy(), d), p.losses, rtol=1e-10)
+
+
+def test_conditioning_headless_lr_slider(cond):
+    cond.set(kappa=10.0, lr=0.19, optimizer="GD")
+    loss = np.asarray(cond.figure.data[4].y)
+    p = descent_path(10.0, 0.19, "GD", steps=60)
+    np.testing.assert_allclose(loss, np.maximum(p.losses / p.losses[0], 10 ** -16.4), rtol=1e-12)
+    np.testing.assert_allclose(cond.figure.data[1].x, p.theta[:, 0])
+    assert cond.figure.data[7].x == (0.2,) * 3  # 2/λ_max
+    assert cond.figure.data[8].y[0] == pytest.approx(0.9)  # ρ(0.19) = |1 − 1.9|
+    assert "converged" in cond.figure.data[5].text[0] or "after" in cond.figure.data[5].text[0]
+
+    cond.set(lr=0.21)
+    assert "diverged at step 37" in cond.figure.data[5].text[0]
+    assert len(cond.figure.data[4].y) == 38 and cond.figure.data[8].y[0] == pytest.approx(1.1)
+
+
+def test_conditioning_kappa_moves_contours_and_edge(cond):
+    cond.set(kappa=10.0, lr=0.1)
+    z10 = np.array(cond.figure.data[0].z)
+    cond.set(kappa=100.0)
+    z100 = np.array(cond.figure.data[0].z)
+    assert cond.figure.data[7].x == (0.02,) * 3
+    # the contour grid is log₁₀ ℒ of the κ = 100 quadratic, checked at one grid point
+    _, task = sl.problems.quadratic([1.0, 100.0], seed=0)
+    i, j = 7, 30
+    d = torch.tensor([cond._x[j], cond._y[i]], dtype=torch.float64) - task.theta_star
+    assert z100[i, j] == pytest.approx(max(np.log10(0.5 * float(d @ task.A @ d)), z100.max() - 4), rel=1e-12)
+    assert z100.max() - z100.min() == pytest.approx(4.0)  # four decades of contours around the valley
+    assert z100.shape == (41, 41) and not np.allclose(z10, z100)
+    assert "diverged" in cond.figure.data[5].text[0]  # η = 0.1 > 2/λ_max = 0.02
+
+
+def test_conditioning_newton_lands_in_one_step(cond):
+    cond.set(kappa=1000.0, lr=1.0, optimizer="Newton")
+    assert len(cond.figure.data[4].y) == 2 and "converged in 1 steps" in cond.figure.data[5].text[0]
+    np.testing.assert_allclose(cond.figure.data[1].x[-1], cond.theta_star[0], atol=1e-12)
+    cond.set(kappa=10.0, lr=0.1, optimizer="GD")
+
+
+def test_conditioning_static_figure_has_one_step_per_lr(cond):
+    cond.set(kappa=10.0, lr=0.1, optimizer="GD")
+    fig = cond.static_figure()
+    steps = _slider_steps(fig)
+    assert len(steps) == len(cond.grid) == 29
+    assert fig.layout.sliders[0].active == int(np.argmin(np.abs(np.log10(cond.grid) + 1)))
+    # each step restyles the path and the loss with that η's run
+    i = 20
+    restyle, traces = steps[i].args
+    k = list(traces).index(4)
+    p = descent_path(10.0, float(cond.grid[i]), "GD", steps=60)
+    np.testing.assert_allclose(restyle["y"][k], np.maximum(p.losses / p.losses[0], 10 ** -16.4), rtol=1e-12)
+    assert isinstance(fig, go.Figure) and not isinstance(fig, go.FigureWidget)
+
+
+def test_conditioning_live(record_property):
+    ex = ConditioningExplorer(kappa=10.0, lr=0.1, steps=60, live=True)
+    assert isinstance(ex.figure, go.FigureWidget)
+    assert set(ex.controls) == {"kappa", "lr", "optimizer"}
+    ex.controls["lr"].value = 0.21  # as a student would
+    assert "diverged at step 37" in ex.figure.data[5].text[0]
+    ex.set(optimizer="Newton", lr=1.0)
+    assert len(ex.figure.data[4].y) == 2
+    ex.set(optimizer="GD")
+    ex.latencies.clear()
+    lrs = [float(x) for x in ex.grid[8:18]]
+    for lr in lrs + lrs:  # first pass computes the paths, second pass looks them up
+        ex.set(lr=lr)
+    lat = np.array(ex.latencies) * 1e3
+    assert len(lat) == 20
+    first, second = np.median(lat[:10]), np.median(lat[10:])
+    print(f"\nConditioningExplorer live update: median {np.median(lat):.1f} ms (new state {first:.1f} ms, "
+          f"cached {second:.1f} ms), max {lat.max():.1f} ms over {len(lat)}")
+    record_property("conditioning_median_update_ms", round(float(np.median(lat)), 2))
+    assert ex.widget().children[-1] is ex.figure
+
+
+def test_steps_vs_kappa_matches_theory_and_grows_linearly():
+    sw = steps_vs_kappa([10, 30, 100], tau=1e-8, max_steps=3000, adam_lrs=[0.3, 1.0])
+    np.testing.assert_array_equal(sw.steps["GD"], sw.theory)
+    assert sw.steps["GD"].tolist() == [84.0, 261.0, 879.0]
+    assert 0.9 < sw.slope() < 1.1 and (sw.steps["Newton"] == 1).all()
+    assert np.isfinite(sw.steps["Adam"]).all() and sw.slope("Adam") < 0.5
+    fig = sw.figure()
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+
+
+def test_loss_curves_figure_marks_divergence():
+    model, task = sl.problems.quadratic([1.0, 10.0], seed=0)
+    runs = sl.race(model, task, {"a": ("sgd", 0.19), "b": ("sgd", 0.21)}, 60)
+    fig = loss_curves_figure(runs, tau=1e-8)
+    assert [t.name for t in fig.data][:3] == ["a", "b", None] and fig.data[2].x == (37,)
+
+
+# --- 02 spectral deformation -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy():
+    return sl.problems.teacher_student(seed=0)
+
+
+@pytest.fixture(scope="module")
+def deform(toy):
+    return DeformationExplorer(toy, alpha=1e2, k=1, k_max=2, per_decade=1, alpha_max=1e4, live=False)
+
+
+def _truth(toy, alpha, k=1):
+    """max|f − f'| (SpecDef, scale-only), σ(W̃) and σ₁(∇²ℒ), computed directly with the library."""
+    X = toy.utility.inputs
+    locked = sl.specdef(toy.released, alpha, k=k, targets="2")
+    scaled = sl.scale_only(toy.released, alpha, k=k, targets="2")
+    with torch.no_grad():
+        f = toy.released(X)
+        errs = [float((locked(X) - f).abs().max()), float((scaled(X) - f).abs().max())]
+        sig = torch.linalg.svdvals(locked[2].W_tilde).numpy()
+    lam = sl.top_eigenvalues(*sl.loss_fn_of(locked, toy.task), k=1, tol=1e-12)
+    return errs, sig, abs(float(lam.values[0]))
+
+
+def test_deformation_sweep_numbers(toy):
+    sw = deformation_sweep(toy, ALPHAS)
+    np.testing.assert_allclose(sw.sigma_W_tilde[:, 0] / sw.sigma_W[0], ALPHAS, rtol=1e-12)
+    np.testing.assert_allclose(sw.sigma_W_tilde[:, 1:], np.tile(sw.sigma_W[1:], (3, 1)), rtol=1e-10)
+    assert (sw.err_specdef <= 1e-9).all() and (sw.err_scale_only[1:] > 1.0).all()
+    assert (sw.bound <= sw.sigma1_H).all() and sw.converged.all() and sw.top_in_C[-1] > 0.99
+    assert sw.slope() == pytest.approx(2.0, abs=0.02) and sw.slope("bound") == pytest.approx(1.0, abs=0.02)
+    with pytest.raises(ValueError, match="first linear layer"):
+        deformation_sweep(toy, ALPHAS, layer="0")
+
+
+def test_deformation_headless_alpha_slider(deform, toy):
+    assert deform.grid.tolist() == [1.0, 10.0, 100.0, 1000.0, 10000.0]
+    for alpha in (1e2, 1e4):
+        deform.set(alpha=alpha)
+        errs, sig, sigma1 = _truth(toy, alpha)
+        fig = deform.figure
+        np.testing.assert_allclose(fig.data[5].y, errs, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(fig.data[1].y, sig, rtol=1e-12)
+        assert fig.data[9].y[0] == pytest.approx(sigma1, rel=1e-8)  # σ₁ marker = top_eigenvalues
+        assert fig.data[9].x[0] == alpha and fig.data[9].y[1] <= fig.data[9].y[0]  # bound below
+        assert f"α = {alpha:.3g}" in fig.data[10].text[0]
+    # a value between grid points snaps to the nearest one (log scale)
+    deform.set(alpha=2500.0)
+    assert deform.figure.data[9].x[0] == 1e3 and deform.at()["alpha"] == 1e3
+
+
+def test_deformation_k_changes_the_spectrum(deform, toy):
+    deform.set(alpha=1e2, k=2)
+    sig = np.asarray(deform.figure.data[1].y)
+    s = deform.sweep(2).sigma_W
+    np.testing.assert_allclose(np.sort(sig)[::-1][:2], 100 * s[:2], rtol=1e-10)
+    np.testing.assert_allclose(sig[2:], s[2:], rtol=1e-10)
+    deform.set(k=1)
+
+
+def test_deformation_static_figure_one_step_per_alpha(deform):
+    deform.set(alpha=1e2, k=1)
+    fig = deform.static_figure()
+    steps = _slider_steps(fig)
+    assert len(steps) == len(deform.grid) and [s.label for s in steps] == ["1", "10", "100", "1e+03", "1e+04"]
+    assert fig.layout.sliders[0].active == 2
+    restyle, traces = steps[4].args
+    sw = deform.sweep(1)
+    j = list(traces).index(9)
+    assert restyle["y"][j] == [sw.sigma1_H[4], sw.bound[4]]
+
+
+def test_deformation_live(toy, record_property):
+    ex = DeformationExplorer(toy, alpha=1e2, per_decade=2, alpha_max=1e6, live=True)
+    assert isinstance(ex.figure, go.FigureWidget) and set(ex.controls) == {"alpha", "k"}
+    ex.controls["alpha"].value = 1e4  # as a student would
+    errs, _, sigma1 = _truth(toy, 1e4)
+    assert ex.figure.data[9].y[0] == pytest.approx(sigma1, rel=1e-8)
+    np.testing.assert_allclose(ex.figure.data[5].y, errs, rtol=1e-9, atol=1e-15)
+    ex.latencies.clear()
+    values = [float(a) for a in ex.grid[::-1]][:10] * 2
+    t0 = time.perf_counter()
+    for a in values:
+        ex.set(alpha=a)
+    wall = (time.perf_counter() - t0) / len(values) * 1e3
+    lat = np.array(ex.latencies) * 1e3
+    assert len(lat) == 20
+    print(f"\nDeformationExplorer live update: median {np.median(lat):.2f} ms, max {lat.max():.2f} ms over "
+          f"{len(lat)} (set() wall {wall:.2f} ms each)")
+    record_property("deformation_median_update_ms", round(float(np.median(lat)), 3))
+    assert ex.figure.data[9].x[0] == ex.grid[::-1][9]
