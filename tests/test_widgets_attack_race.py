@@ -1,0 +1,202 @@
+"""The explorers of notebooks 03–05, headless and live: a control moves, a trace shows the library's numbers.
+
+Every trace an explorer draws is a ``Trace`` from ``train`` (03, 04) or a row of a ``VanishingTable`` (05), so
+each test moves a control and compares the trace's y with the same quantity recomputed or looked up directly.
+"""
+import copy
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import specdef_lite as sl
+from specdef_lite.precision import vanishing_table
+from specdef_lite.widgets.attacker import AttackerExplorer, attack_table, bill_figure, parameter_bill
+from specdef_lite.widgets.precision import PrecisionExplorer
+from specdef_lite.widgets.race import RaceExplorer, loglog_slope, lr_grid, race_table, scan_lrs
+
+ALPHAS = [1.0, 10.0, 100.0]
+
+
+def _y(trace) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in trace.y], dtype=float)
+
+
+def _same(y, losses) -> bool:
+    losses = np.where(np.isfinite(losses), losses, np.nan)
+    return len(y) == len(losses) and np.allclose(y, losses, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return sl.problems.teacher_student(width=4, n=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def table(toy):
+    return race_table(toy, ALPHAS, {"sgd": lr_grid(1e-6, 1.0), "adam": lr_grid(1e-6, 1.0), "newton": [0.5, 0.25]},
+                      steps={"sgd": 100, "adam": 100, "newton": 10}, optimizer_kw={"newton": {"damping": 1e-3}})
+
+
+# ---------------------------------------------------------------- 03: the race
+
+
+def test_lr_grid_and_slope():
+    np.testing.assert_allclose(lr_grid(1e-3, 3.0, 2), [1.0, 10 ** -0.5, 0.1, 10 ** -1.5, 0.01, 10 ** -2.5, 1e-3])
+    assert loglog_slope([1, 10, 100], [1.0, 1e-2, 1e-4]) == pytest.approx(-2.0)
+    assert loglog_slope([1, 10, 100], [1.0, None, 1e-4]) == pytest.approx(-2.0)  # gaps are skipped
+    with pytest.raises(ValueError):
+        lr_grid(1.0, 0.1)
+
+
+def test_scan_finds_what_a_full_lr_sweep_finds(toy):
+    locked = sl.specdef(toy.released, 10.0)
+    grid = lr_grid(1e-5, 1.0)
+    for name in ("sgd", "adam"):
+        fast = scan_lrs(locked, toy.task, name, grid, 100, toy.target)
+        full = sl.lr_sweep(locked, toy.task, name, grid, 100, toy.target)
+        assert (fast.best_lr, fast.best_steps, fast.max_stable_lr) == (full.best_lr, full.best_steps, full.max_stable_lr)
+        assert len(fast.lrs) < len(full.lrs)  # and it tried fewer learning rates
+
+
+def test_race_table_shows_the_papers_laws(table, toy):
+    eta = table.max_stable_lr("sgd")
+    assert loglog_slope(ALPHAS, eta) <= -1.5  # η_max ∝ 1/α² for GD
+    gd = table.best_steps("sgd")
+    assert gd[0] < gd[1] or np.isnan(gd[1])
+    adam = table.best_lr("adam")
+    assert adam[0] > adam[-1]
+    # every trace in the table is an ordinary train() run: rerun one and compare
+    lr = table.best_lr("sgd")[1]
+    again = sl.train(sl.specdef(toy.released, 10.0), toy.task, "sgd", 100, toy.target, lr=lr, stop_at_target=True)
+    np.testing.assert_array_equal(table.trace("sgd", 10.0).losses, again.losses)
+    # the released model was never trained in place
+    assert toy.task.value(toy.released) == table.loss0
+
+
+def test_race_explorer_headless(table):
+    lr0 = float(table.best_lr("sgd")[0])
+    ex = RaceExplorer(table, alpha=1.0, optimizer="sgd", lr=lr0, live=False)
+    assert isinstance(ex.figure, go.Figure) and not isinstance(ex.figure, go.FigureWidget)
+    mine = ex._idx["mine"]
+    y1 = _y(ex.figure.data[mine])
+    assert _same(y1, table.trace("sgd", 1.0, lr0).losses)
+    ex.set(alpha=10.0)
+    y10 = _y(ex.figure.data[mine])
+    assert _same(y10, table.trace("sgd", 10.0, lr0).losses) and not _same(y10, y1)
+    assert table.trace("sgd", 10.0, lr0).diverged and "diverged" in ex.figure.data[mine].name  # α² stiffer: blows up
+    for i, o in zip(ex._idx["best"], table.optimizers):  # the dotted best-η curves follow α too
+        assert _same(_y(ex.figure.data[i]), table.trace(o, 10.0).losses)
+    assert list(ex.figure.data[ex._idx["steps_marker"]].x) == [10.0, 10.0]
+    ex.set(optimizer="newton", lr=0.5)
+    assert _same(_y(ex.figure.data[mine]), table.trace("newton", 10.0, 0.5).losses)
+    fig = ex.static_figure()
+    steps = fig.layout.sliders[0].steps
+    assert len(steps) == len(table.alphas)
+    for step, a in zip(steps, table.alphas):  # each slider step restyles "your run" to that α's trace
+        traces = step.args[1]
+        y = step.args[0]["y"][traces.index(mine)]
+        assert _same(np.array([np.nan if v is None else v for v in y], dtype=float),
+                     table.trace("newton", a, 0.5).losses)
+    with pytest.raises(ValueError, match="unknown control"):
+        ex.set(beta=1.0)
+
+
+def test_race_explorer_live(table):
+    ex = RaceExplorer(table, alpha=1.0, optimizer="adam", lr=float(table.best_lr("adam")[0]), live=True)
+    assert isinstance(ex.figure, go.FigureWidget)
+    ex.controls["alpha"].value = 100.0
+    mine = ex._idx["mine"]
+    assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0, float(table.best_lr("adam")[0])).losses)
+    ex.controls["lr"].value = float(table.best_lr("adam")[2])
+    assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0).losses)
+    assert len(ex.latencies) == 2
+    assert np.median(ex.latencies) < 0.5  # a lookup (the new η at α = 100 is in the table)
+
+
+# ---------------------------------------------------------------- 04: the attacker
+
+
+@pytest.fixture(scope="module")
+def attacks(toy):
+    return attack_table(toy, [1.0, 100.0, 1e4], steps=80, lrs=lr_grid(1e-10, 3.0))
+
+
+def test_attacks_converge_like_the_undefended_model(attacks, toy):
+    np.testing.assert_allclose(attacks.ratio("fused"), 1.0, rtol=0.2)
+    np.testing.assert_allclose(attacks.ratio("injected"), 1.0, rtol=0.2)
+    locked = attacks.steps_to("locked")
+    assert np.isnan(locked[-1]) or locked[-1] >= 5 * attacks.ref_steps("original")
+    assert (attacks.fuse_error < 1e-9).all()
+    assert attacks.detected[-1] == ["0", "2"] and attacks.deformed == ["0", "2", "4"]
+    assert attacks.lrs["locked"][-1] < 1e-6 < attacks.lrs["original"]
+    # the injected runs reuse the reference's η and train only the Ds
+    injected = sl.inject(sl.specdef(toy.released, 1e4))
+    rerun = sl.train(copy.deepcopy(injected), toy.task, "sgd", 80, toy.target, lr=attacks.lrs["injected_ref"],
+                     stop_at_target=True)
+    np.testing.assert_allclose(rerun.losses, attacks.runs["injected"][-1].losses, rtol=1e-12)
+
+
+def test_attacker_explorer_headless_and_live(attacks):
+    ex = AttackerExplorer(attacks, alpha=1.0, live=False)
+    assert _same(_y(ex.figure.data[2]), attacks.runs["locked"][0].losses)
+    ex.set(alpha=1e4)
+    assert _same(_y(ex.figure.data[2]), attacks.runs["locked"][2].losses)
+    assert _same(_y(ex.figure.data[4]), attacks.runs["injected"][2].losses)
+    assert list(ex.figure.data[11].x) == [1e4, 1e4]
+    fig = ex.static_figure()
+    assert len(fig.layout.sliders[0].steps) == 3 and fig.layout.sliders[0].active == 2
+    live = AttackerExplorer(attacks, alpha=1.0, live=True)
+    live.controls["alpha"].value = 100.0
+    assert isinstance(live.figure, go.FigureWidget)
+    assert _same(_y(live.figure.data[3]), attacks.runs["fused"][1].losses)
+
+
+def test_parameter_bill_is_L_d_squared():
+    bill = parameter_bill([4, 8, 16], [1, 2, 5])
+    expected = np.outer(np.array([4, 8, 16]) ** 2, [1, 2, 5])
+    np.testing.assert_array_equal(bill["added"], expected)
+    np.testing.assert_array_equal(bill["locked_extra"], expected)  # the defender paid the same
+    assert (bill["params"] == [[(d * d + d) * L + d + 1 for L in (1, 2, 5)] for d in (4, 8, 16)]).all()
+    fig = bill_figure(bill)
+    assert len(fig.data) == 2 * 3 + 2 * 3
+    assert list(fig.data[0].y) == expected[0].tolist()
+
+
+# ---------------------------------------------------------------- 05: precision
+
+
+@pytest.fixture(scope="module")
+def vanish(toy):
+    return vanishing_table(toy.released, toy.task, [1.0, 1e3, 1e6], {"sgd": 0.3, "adam": 0.03},
+                           dtypes=["float32", "bfloat16"])
+
+
+def test_precision_explorer_headless(vanish):
+    ex = PrecisionExplorer(vanish, alpha=1e3, dtype="float32", live=False)
+    frac = ex._idx["frac"]
+    np.testing.assert_allclose(ex.figure.data[frac[0]].y, vanish.fraction("sgd", "float32"))
+    ex.set(dtype="bfloat16")
+    np.testing.assert_allclose(ex.figure.data[frac[0]].y, vanish.fraction("sgd", "bfloat16"))
+    np.testing.assert_allclose(ex.figure.data[frac[1]].y, vanish.fraction("adam", "bfloat16"))
+    assert ex.figure.data[ex._idx["line"]].x[0] == pytest.approx(-8 * np.log10(2))  # u = 2⁻⁸
+    ex.set(alpha=1e6, optimizer="adam")
+    counts = [sum(ex.figure.data[i].y) for i in ex._idx["hist"]]
+    rel = vanish.rel_updates["adam"][2]
+    assert counts == [int(np.isfinite(rel[vanish.groups == g]).sum()) for g in ("W̃", "C", "other")]
+    assert ex.figure.data[ex._idx["frac_marker"]].y[0] == pytest.approx(vanish.fraction("adam", "bfloat16")[2])
+    fig = ex.static_figure()
+    assert len(fig.layout.sliders[0].steps) == 3
+
+
+def test_precision_explorer_live(vanish):
+    ex = PrecisionExplorer(vanish, alpha=1.0, live=True)
+    assert isinstance(ex.figure, go.FigureWidget)
+    ex.controls["alpha"].value = 1e6
+    marker = ex.figure.data[ex._idx["frac_marker"]]
+    assert marker.x[0] == pytest.approx(1e6) and marker.y[0] == pytest.approx(vanish.fraction("sgd", "float32")[2])
+    ex.controls["dtype"].value = "bfloat16"
+    np.testing.assert_allclose(ex.figure.data[ex._idx["frac"][0]].y, vanish.fraction("sgd", "bfloat16"))
+    assert max(ex.latencies) < 0.5
+    with pytest.raises(ValueError, match="dtype"):
+        PrecisionExplorer(vanish, dtype="float16", live=False)
