@@ -28,14 +28,14 @@ _EXPORTS = {
     "train": "training", "Trace": "training", "lr_sweep": "training", "Sweep": "training", "race": "training",
 }
 
-__all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises"]
+__all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises", "display"]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
-    if name in {"problems", "llm", "widgets", "precision", "exercises", "deform", "attacks"}:
+    if name in {"problems", "llm", "widgets", "precision", "exercises", "deform", "attacks", "display"}:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

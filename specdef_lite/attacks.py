@@ -191,7 +191,8 @@ def detect(model: nn.Module, *, gap: float = 20.0, unit: float = 0.5) -> list[st
     How it fails: α below ~``gap`` hides in the natural spread of trained spectra (false negatives); layers
     with a genuinely huge gap (embeddings, low-rank adapters, weights near rank one) are flagged too (false
     positives); and a defender who merged C into the next layer where no non-linearity intervenes would
-    leave only the W̃ fingerprint.
+    leave only the W̃ fingerprint. A layer with a single output or input (a scalar read-out) has one
+    singular value and so no spectrum to read: its pair (a 1×n W̃, a 1×1 C = 1/α) is invisible here.
 
     Example:
         >>> from specdef_lite.deform import specdef

@@ -13,6 +13,7 @@ through precomputed frames (restyle), so the HTML book keeps zoom, hover and a w
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -68,5 +69,20 @@ def _plain(value):
 
 
 def show(fig: go.Figure) -> None:
-    """Display a static plotly figure (the default renderer keeps it as plotly JSON in the notebook)."""
-    fig.show()
+    """Display a static plotly figure as its plotly JSON bundle (what the default renderer stores).
+
+    Emitting the bundle directly skips ``fig.show()``'s first-call import of nbformat and jsonschema,
+    measured at 1.8 s per kernel on a quiet machine and 5–7 s under load. Outside IPython it falls back
+    to ``fig.show()``.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython ships with every notebook stack
+        get_ipython = lambda: None  # noqa: E731
+    if get_ipython() is None:
+        fig.show()
+        return
+    bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+              "text/plain": f"<plotly figure: {len(fig.data)} traces>"}
+    display(bundle, raw=True)

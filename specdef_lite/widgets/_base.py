@@ -126,7 +126,12 @@ class Explorer:
 
     def _ipython_display_(self):
         from IPython.display import display
-        display(self.widget() if self.live else self.static_figure())
+
+        from ..display import show
+        if self.live:
+            display(self.widget())
+        else:
+            show(self.static_figure())
 
 
 def _label(v: Any) -> str:
