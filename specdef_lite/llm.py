@@ -187,8 +187,11 @@ def _load_locked(folder: Path, meta: dict) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.from_pretrained(folder)
     state = load_file(str(folder / WEIGHTS_FILE))
-    dtype = next((t.dtype for n, t in state.items()  # the dtype the released (non-pair) weights were saved in
-                  if t.is_floating_point() and not n.endswith((".W_tilde", ".C"))), None)
+    sizes: dict[torch.dtype, int] = {}  # the dtype most weights were saved in (buffers α are float64)
+    for t in state.values():
+        if t.is_floating_point():
+            sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
+    dtype = max(sizes, key=sizes.get) if sizes else None
     try:
         from transformers.initialization import no_init_weights  # skip random init: weights come next
     except ImportError:  # pragma: no cover - older transformers

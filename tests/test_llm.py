@@ -87,9 +87,10 @@ def test_lock_is_exact_in_float64(arch, gen, monkeypatch):
     assert ch.relative == pytest.approx(rel, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("arch", MODELS)
-def test_lock_save_load_same_logits_and_fuse_restores(arch, gen, tmp_path):
-    model = MODELS[arch]()
+def test_lock_save_load_same_logits_and_fuse_restores(arch, dtype, gen, tmp_path):
+    model = MODELS[arch]().to(dtype)
     names = llm.target_names(model, blocks=[-1])
     locked = llm.lock(model, 1e3, k=2, blocks=[-1])
     llm.save(locked, tmp_path / "locked", base_model="tiny")
@@ -102,11 +103,13 @@ def test_lock_save_load_same_logits_and_fuse_restores(arch, gen, tmp_path):
     x = ids(gen)
     with torch.no_grad():
         assert torch.equal(back(x).logits, locked(x).logits)  # bit-identical after the round trip
+    assert back.dtype == dtype
     fused = fuse(back)
     for n in names:
         W0 = linear_weight(model.get_submodule(n))[0].detach()
         W1 = linear_weight(fused.get_submodule(n))[0].detach()
-        assert float((W1 - W0).abs().max() / W0.abs().max()) < 1e-10
+        # float64: exact to rounding; float32: W̃ stored in float32 carries α·ε ≈ 1e-4 relative at α = 1e3
+        assert float((W1 - W0).abs().max() / W0.abs().max()) < (1e-10 if dtype == F64 else 1e-3)
 
 
 def test_fuse_to_base_gives_a_plain_transformers_gpt2(gen, tmp_path):
