@@ -5,6 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 KERNEL  := specdef-lite
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# make book: test (each notebook's small test_parameters, reusing fresh build/executed/ copies from make test)
+# or default (the notebooks' own parameters, as students run them; slower)
+BOOK_PARAMS ?= test
 
 .PHONY: venv lab test test-fast book bench clean
 
@@ -32,7 +35,15 @@ test: venv
 		-o addopts="" -o testpaths="" build/executed/0[0-5]_*.ipynb
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow" --ignore=tests/test_notebooks.py
+	$(BIN)/python -m pytest -m "not slow and not browser" --ignore=tests/test_notebooks.py
+
+# the course as static HTML in book/ (index.html; interactive plotly figures, offline)
+book: venv
+	$(BIN)/python -m specdef_lite.book --params $(BOOK_PARAMS) --reuse --out book
+
+# every benchmarks/bench_*.py, each in a fresh process; rewrites benchmarks/RESULTS.md
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build book

@@ -52,7 +52,9 @@ def slider_figure(fig: go.Figure, frames: Sequence[dict[int, dict]], labels: Seq
     for frame, label in zip(frames, labels):
         if sorted(frame) != idx:
             raise ValueError("every frame must restyle the same traces")
-        update = {a: [_plain(frame[i].get(a)) for i in idx] for a in attrs}
+        # an attribute a frame leaves out keeps the trace's own value (None would reset it, e.g. drop x)
+        update = {a: [_plain(frame[i][a]) if a in frame[i] else _plain(fig.data[i][a]) for i in idx]
+                  for a in attrs}
         steps.append(dict(method="restyle", args=[update, idx], label=label))
     for i in idx:
         fig.data[i].update(frames[active][i])

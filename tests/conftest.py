@@ -13,3 +13,9 @@ torch.set_num_threads(1)
 def gen():
     """A local, seeded generator: tests never touch the global RNG."""
     return torch.Generator().manual_seed(1234)
+
+
+def pytest_collection_modifyitems(items):
+    """Execute the course (test_notebooks) before the book and the browser, which reuse build/executed/."""
+    order = {"test_notebooks.py": 1, "test_book.py": 2, "test_browser.py": 3}
+    items.sort(key=lambda item: order.get(item.path.name, 0))

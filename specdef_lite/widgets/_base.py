@@ -46,9 +46,15 @@ class Explorer:
         self._cache: dict[tuple, Frame] = {}
         self.latencies: list[float] = []
         self.controls = self.make_controls()  # name -> ipywidget (live) or plain default value
-        base = self.build_figure()
-        self.figure = go.FigureWidget(base) if self.live else base
+        # Fill the plain figure with the first state *before* wrapping it: a FigureWidget whose traces are
+        # updated before the browser first draws it lost their x arrays in JupyterLab (caught by
+        # tests/test_browser.py: curves drawn against their indices).
+        live, self.live = self.live, False
+        self.figure = self.build_figure()
         self.apply(self.state())
+        self.live = live
+        if live:
+            self.figure = go.FigureWidget(self.figure)
         if self.live:
             for name, w in self.controls.items():
                 w.observe(self._on_change, names="value")

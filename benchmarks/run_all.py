@@ -1,0 +1,80 @@
+"""Run every benchmarks/bench_*.py (each in a fresh process) and rewrite benchmarks/RESULTS.md.
+
+Each script prints its own Markdown section; this runner puts them in one file behind a summary table
+built from their ``<!-- summary | … -->`` lines. Naming scripts reruns only those and keeps the other
+sections as they were (their measurement dates stay in their own text).
+
+Run:  .venv/bin/python benchmarks/run_all.py            (make bench)
+      .venv/bin/python benchmarks/run_all.py bench_lock  (one section)
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+SECTION = re.compile(r"<!-- begin (\S+) -->\n(.*?)<!-- end \1 -->\n", re.S)
+SUMMARY = re.compile(r"^<!-- summary \| (.*) -->$", re.M)
+
+HEADER = """# Benchmark results
+
+Written by `make bench` (`.venv/bin/python benchmarks/run_all.py`), which runs every `benchmarks/bench_*.py`
+in a fresh process; each section says how it measured and the command that reruns it alone. Machines here
+are small and shared (2 cores; other jobs run beside the benchmarks), so every section records the load
+average it saw and compares its ratios within one run.
+
+## Summary
+
+| figure | measured | target | verdict | command |
+|---|---|---|---|---|
+"""
+
+
+def _old_sections() -> dict[str, str]:
+    if not RESULTS.exists():
+        return {}
+    return {m.group(1): m.group(2) for m in SECTION.finditer(RESULTS.read_text())}
+
+
+def run(script: Path) -> str:
+    t0 = time.perf_counter()
+    print(f"== {script.name}", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, str(script)], cwd=HERE.parent, stdout=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - t0
+    print(f"== {script.name}: exit {proc.returncode} after {seconds:.0f} s", file=sys.stderr, flush=True)
+    body = proc.stdout.rstrip() + "\n"
+    if proc.returncode != 0:
+        body += (f"\n**This run failed** (exit code {proc.returncode} after {seconds:.0f} s); "
+                 f"its output above is incomplete.\n")
+    return body
+
+
+def main(argv: list[str]) -> int:
+    scripts = sorted(HERE.glob("bench_*.py"))
+    wanted = {a.removesuffix(".py") for a in argv}
+    unknown = wanted - {s.stem for s in scripts}
+    if unknown:
+        print(f"unknown benchmark(s): {sorted(unknown)}; have {[s.stem for s in scripts]}", file=sys.stderr)
+        return 2
+    sections = _old_sections()
+    failed = 0
+    for script in scripts:
+        if wanted and script.stem not in wanted:
+            continue
+        sections[script.name] = body = run(script)
+        failed += "**This run failed**" in body
+    order = [s.name for s in scripts if s.name in sections]
+    rows = [f"| {row} |" for name in order for row in SUMMARY.findall(sections[name])]
+    parts = [HEADER + "\n".join(rows) + "\n"]
+    parts += [f"<!-- begin {name} -->\n{sections[name]}<!-- end {name} -->\n" for name in order]
+    RESULTS.write_text("\n".join(parts))
+    print(f"wrote {RESULTS}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
