@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from _nets import mlp
 from torch import nn
 
 from specdef_lite.deform import specdef
@@ -22,15 +24,6 @@ class Regression:
         return ((f(self.X) - self.y) ** 2).mean()
 
 
-def mlp(gen, sizes):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        lin = nn.Linear(a, b, dtype=F64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=F64) / math.sqrt(a))
-            lin.bias.copy_(0.1 * torch.randn(b, generator=gen, dtype=F64))
-        layers += [lin, nn.Tanh()] if i < len(sizes) - 2 else [lin]
-    return nn.Sequential(*layers)
 
 
 @pytest.fixture

@@ -85,7 +85,10 @@ class Explorer:
         return self._cache[key]
 
     def apply(self, state: dict[str, Any]) -> None:
-        frame = self.frame(**state)
+        self._assign(self.frame(**state))
+
+    def _assign(self, frame: Frame) -> None:
+        """Write a frame into the figure: one ``batch_update`` message when live."""
         if self.live:
             with self.figure.batch_update():
                 for i, attrs in frame.items():

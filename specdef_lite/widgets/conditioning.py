@@ -239,13 +239,7 @@ class ConditioningExplorer(Explorer):
         frame = dict(self.frame(**state))
         if kappa != self._shown_kappa:
             frame.update(self._kappa_traces(kappa))
-        if self.live:
-            with self.figure.batch_update():
-                for i, attrs in frame.items():
-                    self.figure.data[i].update(attrs)
-        else:
-            for i, attrs in frame.items():
-                self.figure.data[i].update(attrs)
+        self._assign(frame)
         self._shown_kappa = kappa
 
     # --- helpers -------------------------------------------------------------------------------------
