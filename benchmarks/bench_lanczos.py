@@ -18,29 +18,20 @@ Run:  cd /work/main && .venv/bin/python benchmarks/bench_lanczos.py
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from specdef_lite.deform import specdef
 from specdef_lite.eigen import lanczos, power_iteration
 from specdef_lite.curvature import hessian, loss_fn_of
 from specdef_lite.operators import HessianOperator, as_operator
+from specdef_lite.problems import Task, mlp
 
 from _common import load, log, machine, summary
 
 TARGET, REPEATS, F64 = 1e-8, 7, torch.float64
-
-
-class Regression:
-    def __init__(self, X, y):
-        self.X, self.y = X, y
-
-    def loss(self, f):
-        return ((f(self.X) - self.y) ** 2).mean()
 
 
 def wishart_problem(g: torch.Generator, n: int = 500, m: int = 2000):
@@ -49,16 +40,9 @@ def wishart_problem(g: torch.Generator, n: int = 500, m: int = 2000):
 
 
 def locked_mlp_problem(g: torch.Generator, alpha: float = 10.0):
-    sizes = [8, 32, 32, 1]
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        lin = nn.Linear(a, b, dtype=F64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=g, dtype=F64) / math.sqrt(a))
-            lin.bias.copy_(0.1 * torch.randn(b, generator=g, dtype=F64))
-        layers += [lin, nn.Tanh()] if i < len(sizes) - 2 else [lin]
-    net = specdef(nn.Sequential(*layers), alpha, k=1, targets="2")
-    task = Regression(torch.randn(64, 8, generator=g, dtype=F64), torch.randn(64, 1, generator=g, dtype=F64))
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+    net = specdef(mlp([8, 32, 32, 1], seed=seed), alpha, k=1, targets="2")  # linear layers at "0", "2", "4"
+    task = Task(torch.randn(64, 8, generator=g, dtype=F64), torch.randn(64, 1, generator=g, dtype=F64))
     loss_fn, theta = loss_fn_of(net, task)
     op = HessianOperator(loss_fn, theta)
     return f"locked MLP 8→32→(W̃,C)→32→1, α={alpha:g}, n={op.size} (HVPs)", op, hessian(loss_fn, theta)
