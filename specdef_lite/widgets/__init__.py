@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import Explorer, alpha_slider, log_grid, snap
+from ._base import Explorer, alpha_slider, log_grid, nearest, snap
 
 _EXPORTS = {
     "ConditioningExplorer": "conditioning",   # 01: GD on a 2-D quadratic, κ, 2/λ_max
@@ -16,7 +16,7 @@ _EXPORTS = {
     "PrecisionExplorer": "precision",         # 05: vanishing updates in float32/bf16
 }
 
-__all__ = ["Explorer", "alpha_slider", "log_grid", "snap", *_EXPORTS]
+__all__ = ["Explorer", "alpha_slider", "log_grid", "nearest", "snap", *_EXPORTS]
 
 
 def __getattr__(name: str):

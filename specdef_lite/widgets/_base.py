@@ -26,10 +26,15 @@ def log_grid(lo: float = 1.0, hi: float = 1e6, per_decade: int = 4) -> np.ndarra
     return 10 ** np.linspace(a, b, int(round((b - a) * per_decade)) + 1)
 
 
+def nearest(grid: Sequence[float], value: float) -> int:
+    """argminᵢ |log₁₀ gridᵢ − log₁₀ value|: the index of the grid point nearest on a log scale."""
+    g = np.asarray(grid, dtype=float)
+    return int(np.argmin(np.abs(np.log10(g) - np.log10(float(value)))))
+
+
 def snap(value: float, grid: Sequence[float]) -> float:
     """The grid point nearest to ``value`` on a log scale."""
-    g = np.asarray(grid, dtype=float)
-    return float(g[np.argmin(np.abs(np.log10(g) - np.log10(value)))])
+    return float(np.asarray(grid, dtype=float)[nearest(grid, value)])
 
 
 class Explorer:

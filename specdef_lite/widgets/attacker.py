@@ -28,7 +28,7 @@ from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from .. import Trace, deformed_layers, detect, fuse, inject, param_overhead, specdef, train
-from ._base import Explorer, alpha_slider, snap
+from ._base import Explorer, alpha_slider, nearest, snap
 from .race import LABELS, _finite, lr_grid, scan_lrs
 
 __all__ = ["AttackTable", "attack_table", "AttackerExplorer", "parameter_bill", "bill_figure", "CURVES"]
@@ -83,7 +83,7 @@ class AttackTable:
         return self.steps_to(attack) / self.ref_steps(ref)
 
     def index(self, alpha: float) -> int:
-        return int(np.argmin(np.abs(np.log10(self.alphas) - np.log10(alpha))))
+        return nearest(self.alphas, alpha)
 
 
 def attack_table(problem, alphas: Sequence[float], *, optimizer: str = "sgd", steps: int = 200,

@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ._base import Explorer, log_grid
+from ._base import Explorer, log_grid, nearest, snap
 
 __all__ = ["DeformationExplorer", "DeformationSweep", "deformation_sweep"]
 
@@ -68,7 +68,7 @@ class DeformationSweep:
 
     def index(self, alpha: float) -> int:
         """Index of the grid point nearest to ``alpha`` on a log scale."""
-        return int(np.argmin(np.abs(np.log10(self.alphas) - np.log10(float(alpha)))))
+        return nearest(self.alphas, alpha)
 
     def slope(self, name: str = "sigma1_H", alpha_min: float = 100.0) -> float:
         """d log y / d log α by least squares over α ≥ ``alpha_min`` (2 for σ₁(∇²ℒ), 1 for the bound)."""
@@ -176,7 +176,7 @@ class DeformationExplorer(Explorer):
         self.layer, self.k_max, self.progress = layer, int(k_max), progress
         self.grid = log_grid(1.0, alpha_max, per_decade)
         self.per_decade = per_decade
-        self._start = dict(alpha=float(self.grid[np.argmin(np.abs(np.log10(self.grid) - np.log10(alpha)))]),
+        self._start = dict(alpha=snap(alpha, self.grid),
                            k=int(k))
         if not 1 <= self._start["k"] <= self.k_max:
             raise ValueError(f"k must lie in 1 … k_max={self.k_max}, got {k}")

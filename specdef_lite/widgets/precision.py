@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..precision import VanishingTable, unit_roundoff
-from ._base import Explorer, alpha_slider, snap
+from ._base import Explorer, alpha_slider, nearest, snap
 
 __all__ = ["PrecisionExplorer", "GROUPS", "BINS"]
 
@@ -106,7 +106,7 @@ class PrecisionExplorer(Explorer):
 
     def compute(self, alpha, dtype, optimizer) -> dict:
         t = self.table
-        i = int(np.argmin(np.abs(np.log10(t.alphas) - np.log10(alpha))))
+        i = nearest(t.alphas, alpha)
         a = float(t.alphas[i])
         u = unit_roundoff(dtype)
         rel = t.rel_updates[optimizer][i]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..deform import specdef
 from .. import Sweep, Trace, train
-from ._base import Explorer, alpha_slider, snap
+from ._base import Explorer, alpha_slider, nearest, snap
 
 __all__ = ["lr_grid", "scan_lrs", "RaceTable", "race_table", "loglog_slope", "RaceExplorer", "LABELS", "COLORS"]
 
@@ -147,7 +147,7 @@ class RaceTable:
         return np.array([np.nan if s.max_stable_lr is None else s.max_stable_lr for s in self.sweeps[optimizer]])
 
     def index(self, alpha: float) -> int:
-        return int(np.argmin(np.abs(np.log10(self.alphas) - np.log10(alpha))))
+        return nearest(self.alphas, alpha)
 
     def trace(self, optimizer: str, alpha: float, lr: float | None = None) -> Trace:
         """The run of ``optimizer`` at (the grid α nearest) ``alpha`` with η = ``lr`` (default: its best η;
