@@ -25,17 +25,21 @@ _EXPORTS = {
     "theorem3_bound": "theorem3", "theorem3_factors": "theorem3", "Theorem3Result": "theorem3",
     # optimisation
     "make_optimizer": "optim", "Newton": "optim", "Sophia": "optim",
-    "train": "training", "Trace": "training", "lr_sweep": "training", "Sweep": "training", "race": "training",
+    "train": "training", "Trace": "training",
+    # experiments: the attacker's best response is the unit of every "is it slowed?" comparison
+    "best_response": "experiments.tuning", "slowdown": "experiments.best_response",
+    "BestResponse": "experiments.best_response", "Slowdown": "experiments.best_response",
+    "lr_sweep": "experiments.sweep", "Sweep": "experiments.sweep", "race": "experiments.sweep",
 }
 
-__all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises", "display"]
+__all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises", "display", "experiments"]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
-    if name in {"problems", "llm", "widgets", "precision", "exercises", "deform", "attacks", "display"}:
+    if name in {"problems", "llm", "widgets", "precision", "exercises", "deform", "attacks", "display", "experiments"}:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

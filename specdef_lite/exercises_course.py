@@ -61,9 +61,10 @@ def _kappa_steps(answer, kappa: float = 10.0, factor: float = 10.0, tau: float =
     """The ratio T(factor·κ)/T(κ), measured by running GD (``steps_vs_kappa``) on both quadratics."""
     if (missing := _unanswered01("01.kappa_steps", answer)) is not None:
         return missing
-    from .widgets.conditioning import steps_vs_kappa
+    from .experiments.kappa import steps_vs_kappa
     hi = float(kappa) * float(factor)
-    sw = steps_vs_kappa([kappa, hi], tau=tau, max_steps=int(60 * hi + 1000), seed=seed, adam_lrs=None, newton=False)
+    sw = steps_vs_kappa([kappa, hi], tau=tau, max_steps=int(60 * hi + 1000), seed=seed, adam_lrs=None, newton=False,
+                        gd_best=False)
     s = sw.steps["GD"]
     expected = float(s[1] / s[0])
     a = _num01(answer)
@@ -123,7 +124,7 @@ def _hessian_growth(answer, alpha: float = 1e3, k: int = 1, seed: int = 0) -> Fe
     if (missing := _unanswered01("02.hessian_growth", answer)) is not None:
         return missing
     import specdef_lite as sl
-    from .widgets.deformation import deformation_sweep
+    from .experiments.deformation import deformation_sweep
     sw = deformation_sweep(sl.problems.teacher_student(seed=seed), [float(alpha), 10.0 * alpha], k=k)
     expected = float(sw.sigma1_H[1] / sw.sigma1_H[0])
     a = _num01(answer)
@@ -191,7 +192,7 @@ def _max_stable_lr(answer, alpha: float = 100.0, width: int = 8, k: int = 1, see
                            "L locked layers of a network whose layers are d×d. How many parameters does that add?")
 def _param_bill(answer, L: int = 4, d: int = 64, k: int = 1) -> Feedback:
     """The bill counted on real models: ``param_overhead(lock(f), inject(lock(f))).added`` for an MLP with L
-    square d×d layers, all locked (``widgets.attacker.parameter_bill``).
+    square d×d layers, all locked (``experiments.bill.parameter_bill``).
 
     Example:
         >>> bool(_param_bill(4 * 64 ** 2)), bool(_param_bill(64 ** 2))
@@ -199,9 +200,9 @@ def _param_bill(answer, L: int = 4, d: int = 64, k: int = 1) -> Feedback:
     """
     if (missing := _missing_answer("04.param_bill", answer)) is not None:
         return missing
-    from .widgets.attacker import parameter_bill
+    from .experiments.bill import parameter_bill
     L, d = int(L), int(d)
-    expected = int(parameter_bill([d], [L], k=k)["added"][0, 0])
+    expected = int(parameter_bill([d], [L], k=k).added[0, 0])
     a = float(answer)
     if a == L * d:
         wrong = "Each injected layer is a full d×d matrix D (it must be able to express any change (I + E)), not a vector of d."

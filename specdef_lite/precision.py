@@ -27,7 +27,7 @@ from .deform import specdef
 
 __all__ = ["DTYPES", "as_dtype", "unit_roundoff", "vanishes", "vanishing_fraction", "smallest_update",
            "feasible_lr", "descent_lr", "gradient_step", "update_vanishing", "forward_error",
-           "VanishingTable", "vanishing_table", "param_groups"]
+           "VanishingTable", "vanishing_table", "param_groups", "task_in"]
 
 DType = Union[str, torch.dtype]
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -116,9 +116,9 @@ def smallest_update(dtype: DType, w: float = 1.0) -> float:
 def feasible_lr(alpha: float | np.ndarray, lr1: float, optimizer: str = "sgd") -> float | np.ndarray:
     """η(α) = η₁/α² for GD ("sgd"), η₁/α for Adam-type optimizers — the step a lock at strength α leaves.
 
-    η₁ is the attacker's learning rate on the undefended model (α = 1). The exponents are those measured in
-    notebook 03 and PAPER.md ("SpecDef"): σ₁(∇²ℒ) ∝ α² caps GD, while Adam's normalised step is capped by the
-    α-times larger activations C sees.
+    η₁ is the attacker's learning rate on the undefended model (α = 1). The exponents are the laws PAPER.md
+    states ("SpecDef"): σ₁(∇²ℒ) ∝ α² caps GD, while Adam's normalised step is capped by the α-times larger
+    activations C sees. ``experiments.race_table`` measures them.
 
     Example:
         >>> feasible_lr(1e3, 0.3, "sgd"), feasible_lr(1e3, 1e-2, "adam")
@@ -152,7 +152,7 @@ def gradient_step(model: nn.Module, task, lr: float, optimizer: str = "sgd") -> 
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    task64 = _task_in(task, F64)
+    task64 = task_in(task, F64)
     grads = torch.autograd.grad(task64.loss(net), params, allow_unused=True, materialize_grads=True)
     w = torch.cat([p.detach().reshape(-1) for p in params])  # (P,)
     g = torch.cat([gr.reshape(-1) for gr in grads])  # (P,)
@@ -195,7 +195,7 @@ def forward_error(model: nn.Module, alpha: float, inputs: torch.Tensor, dtype: D
     return float((out - ref).norm() / ref.norm())
 
 
-@dataclass
+@dataclass(frozen=True)
 class VanishingTable:
     """Per α: the feasible learning rates, each step's relative updates |Δᵢ|/|wᵢ|, and which of them vanish.
 
@@ -283,8 +283,9 @@ def vanishing_table(model: nn.Module, task, alphas: Sequence[float], lr1: dict[s
                           {key: np.stack(v) for key, v in lost.items()}, groups, errors, tuple(dtypes))
 
 
-def _task_in(task, dtype: torch.dtype):
-    """The task with its tensors in ``dtype`` (a shallow copy; tasks are small)."""
+def task_in(task, dtype: DType):
+    """The task with its floating tensors in ``dtype`` (a shallow copy; tasks are small)."""
+    dtype = as_dtype(dtype)
     t = copy.copy(task)
     for name in ("inputs", "targets", "H", "minimiser"):
         v = getattr(t, name, None)

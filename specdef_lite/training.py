@@ -1,8 +1,9 @@
 """T_A(τ) = min{t : ℒ(θ_s) ≤ τ for all s ≥ t} — the attacker's steps-to-target, measured by running A.
 
 PAPER.md's threat model counts the steps an attacker's optimizer A needs to bring the harmful loss
-below τ. ``train`` runs A on a fixed full batch and records every loss in a ``Trace``; ``lr_sweep``
-repeats that over a learning-rate grid (the attacker tunes η), and ``race`` runs several optimizers.
+below τ. ``train`` runs A on a fixed full batch and records every loss in a ``Trace``. Sweeps over
+learning rates and optimizers are experiments built on it (``specdef_lite.experiments``: ``best_response``,
+``lr_sweep``, ``race``).
 
 Two definitions matter and are fixed here once for the whole course:
 
@@ -15,10 +16,8 @@ Two definitions matter and are fixed here once for the whole course:
 """
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,10 +27,10 @@ from tqdm.auto import tqdm
 from .optim import make_optimizer
 from .problems import Task
 
-__all__ = ["Trace", "train", "Sweep", "lr_sweep", "race"]
+__all__ = ["Trace", "train"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trace:
     """ℒ(θ₀), ℒ(θ₁), …: the loss before each step, plus where (if anywhere) the run diverged.
 
@@ -51,7 +50,7 @@ class Trace:
     label: str = ""
 
     def __post_init__(self):
-        self.losses = np.asarray(self.losses, dtype=np.float64)
+        object.__setattr__(self, "losses", np.asarray(self.losses, dtype=np.float64))
 
     @property
     def steps(self) -> int:
@@ -186,104 +185,3 @@ def train(model: nn.Module, task: Task, optimizer, steps: int, target: float | N
     finally:
         bar.close()
     return Trace(np.array(losses), diverged_at, label)
-
-
-@dataclass
-class Sweep:
-    """One optimizer over a learning-rate grid: a ``Trace`` per lr and the summaries PAPER.md talks about.
-
-    Attributes:
-        lrs: the grid, ascending (float64 array).
-        traces: one ``Trace`` per lr.
-        steps_to: T(τ) per lr, None where the target was not reached (or the run diverged first).
-        diverged: bool array, True where the run diverged.
-        best_lr / best_steps: the lr with the fewest steps to τ (the smaller lr on ties), and that count;
-            None if no lr reached τ.
-        max_stable_lr: the largest lr such that it and every smaller lr of the grid did not diverge
-            (the edge of the stable region, robust to an isolated lucky run); None if the smallest diverged.
-        target: τ.
-    """
-    lrs: np.ndarray
-    traces: list[Trace]
-    steps_to: list[int | None]
-    diverged: np.ndarray
-    best_lr: float | None
-    best_steps: int | None
-    max_stable_lr: float | None
-    target: float
-    name: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-def lr_sweep(model: nn.Module, task: Task, optimizer_name: str, lrs: Sequence[float], steps: int, target: float, *,
-             window: int | None = None, stop_at_target: bool = True, explode: float = 1e3,
-             progress: bool = False, **optimizer_kw) -> Sweep:
-    """η* = argmin_η T_A(τ; η) over the grid, and η_max = the largest stable η — one deep copy of ``model`` per lr.
-
-    Args:
-        model: not modified (each lr trains its own deep copy).
-        task, steps, target: as in ``train``; ``explode`` likewise.
-        optimizer_name: a ``make_optimizer`` name; ``**optimizer_kw`` go to it.
-        lrs: the learning rates (sorted ascending in the result).
-        window: passed to ``Trace.steps_to`` (None = the loss must stay ≤ τ to the end of the run).
-        stop_at_target: stop each run once it has stayed ≤ τ for 10 steps (or ``window``) — much faster;
-            with it, "the end of the run" is that window.
-
-    Example:
-        >>> from specdef_lite.problems import quadratic
-        >>> model, task = quadratic([1.0, 10.0], seed=0)
-        >>> sw = lr_sweep(model, task, "sgd", [0.05, 0.1, 0.15, 0.19, 0.21], steps=200, target=1e-6)
-        >>> sw.best_lr, sw.max_stable_lr, sw.diverged.tolist()
-        (0.15, 0.19, [False, False, False, False, True])
-    """
-    grid = np.sort(np.asarray(list(lrs), dtype=np.float64))
-    if grid.size == 0:
-        raise ValueError("lrs is empty")
-    traces: list[Trace] = []
-    for lr in tqdm(grid, disable=not progress, desc=f"{optimizer_name} lr sweep", leave=False):
-        tr = train(copy.deepcopy(model), task, optimizer_name, steps, target, lr=float(lr),
-                   optimizer_kw=optimizer_kw, explode=explode, stop_at_target=stop_at_target,
-                   window=window or 10, label=f"{optimizer_name} lr={lr:.3g}")
-        traces.append(tr)
-    hits = [tr.steps_to(target, window=window) for tr in traces]
-    diverged = np.array([tr.diverged for tr in traces])
-    reached = [(s, lr) for s, lr in zip(hits, grid) if s is not None]
-    best_steps, best_lr = min(reached) if reached else (None, None)
-    stable = np.logical_and.accumulate(~diverged)
-    max_stable = float(grid[np.flatnonzero(stable)[-1]]) if stable[0] else None
-    return Sweep(grid, traces, hits, diverged, None if best_lr is None else float(best_lr), best_steps,
-                 max_stable, float(target), name=optimizer_name)
-
-
-def race(model: nn.Module, task: Task, optimizers: dict[str, tuple[str, float] | dict], steps: int,
-         target: float | None = None, *, explode: float = 1e3, stop_at_target: bool = False,
-         progress: bool = False) -> dict[str, Trace]:
-    """{label: Trace} — each optimizer trains its own deep copy of ``model`` on ``task`` for ``steps`` steps.
-
-    Args:
-        optimizers: label → ``(name, lr)`` or a dict ``{"name": ..., "lr": ..., **optimizer options}``,
-            e.g. ``{"GD": ("sgd", 0.1), "Newton": {"name": "newton", "lr": 1.0, "damping": 1e-3}}``.
-        target: τ, used only with ``stop_at_target``; compare with ``trace.steps_to(τ)`` afterwards.
-
-    Example:
-        >>> from specdef_lite.problems import quadratic
-        >>> model, task = quadratic([1.0, 100.0], seed=0)
-        >>> runs = race(model, task, {"GD": ("sgd", 0.019),
-        ...                               "Newton": {"name": "newton", "lr": 1.0, "damping": 0.0}}, steps=50)
-        >>> runs["GD"].steps_to(1e-8), runs["Newton"].steps_to(1e-8)
-        (None, 1)
-    """
-    out: dict[str, Trace] = {}
-    for label, spec in optimizers.items():
-        if isinstance(spec, dict):
-            spec = dict(spec)
-            if "name" not in spec or "lr" not in spec:
-                raise ValueError(f"optimizer spec {label!r} needs 'name' and 'lr', got {sorted(spec)}")
-            name, lr = spec.pop("name"), spec.pop("lr")
-            kw = spec
-        else:
-            name, lr = spec
-            kw = {}
-        out[label] = train(copy.deepcopy(model), task, name, steps, target, lr=lr, optimizer_kw=kw,
-                           explode=explode, stop_at_target=stop_at_target, progress=progress, label=label)
-    return out

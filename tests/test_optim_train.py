@@ -13,15 +13,12 @@ import torch
 from specdef_lite import inject, specdef
 from specdef_lite.optim import MuonAdam, Newton, Sophia, make_optimizer
 from specdef_lite.problems import linear_regression, quadratic, teacher_student
-from specdef_lite.training import Trace, lr_sweep, race, train
+from specdef_lite.experiments.slope import loglog_slope
+from specdef_lite.experiments.sweep import lr_sweep, race
+from specdef_lite.training import Trace, train
 
 F64 = torch.float64
 ALPHAS = (1.0, 10.0, 100.0)
-
-
-def loglog_slope(x, y) -> float:
-    """Least-squares slope of log y against log x."""
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
 # ---------------------------------------------------------------- problems

@@ -11,9 +11,11 @@ import pytest
 
 import specdef_lite as sl
 from specdef_lite.precision import vanishing_table
-from specdef_lite.widgets.attacker import AttackerExplorer, attack_table, bill_figure, parameter_bill
+from specdef_lite.experiments import attack_table, loglog_slope, lr_grid, parameter_bill, race_table
+from specdef_lite.experiments.plots import bill_figure
+from specdef_lite.widgets.attacker import AttackerExplorer
 from specdef_lite.widgets.precision import PrecisionExplorer
-from specdef_lite.widgets.race import RaceExplorer, loglog_slope, lr_grid, race_table, scan_lrs
+from specdef_lite.widgets.race import RaceExplorer
 
 ALPHAS = [1.0, 10.0, 100.0]
 
@@ -34,7 +36,7 @@ def toy():
 
 @pytest.fixture(scope="module")
 def table(toy):
-    return race_table(toy, ALPHAS, {"sgd": lr_grid(1e-6, 1.0), "adam": lr_grid(1e-6, 1.0), "newton": [0.5, 0.25]},
+    return race_table(toy, ALPHAS, {"sgd": lr_grid(0.1, 1.0), "adam": lr_grid(0.01, 0.1), "newton": [0.5, 0.25]},
                       steps={"sgd": 100, "adam": 100, "newton": 10}, optimizer_kw={"newton": {"damping": 1e-3}})
 
 
@@ -49,14 +51,16 @@ def test_lr_grid_and_slope():
         lr_grid(1.0, 0.1)
 
 
-def test_scan_finds_what_a_full_lr_sweep_finds(toy):
+def test_tracked_best_response_finds_what_a_full_lr_sweep_finds(table, toy):
+    """The race's short, tracking grids find the same best η as a sweep over the whole grid, with fewer runs."""
     locked = sl.specdef(toy.released, 10.0)
-    grid = lr_grid(1e-5, 1.0)
+    grid = lr_grid(1e-6, 1.0)
     for name in ("sgd", "adam"):
-        fast = scan_lrs(locked, toy.task, name, grid, 100, toy.target)
+        tracked = table.responses[name][1]
         full = sl.lr_sweep(locked, toy.task, name, grid, 100, toy.target)
-        assert (fast.best_lr, fast.best_steps, fast.max_stable_lr) == (full.best_lr, full.best_steps, full.max_stable_lr)
-        assert len(fast.lrs) < len(full.lrs)  # and it tried fewer learning rates
+        assert tracked.bracketed and np.isclose(tracked.best_lr, full.best_lr, rtol=1e-9)
+        assert tracked.best_steps == full.best_steps
+        assert len(tracked.lrs) < len(full.lrs)
 
 
 def test_race_table_shows_the_papers_laws(table, toy):
@@ -119,7 +123,7 @@ def test_race_explorer_live(table):
 
 @pytest.fixture(scope="module")
 def attacks(toy):
-    return attack_table(toy, [1.0, 100.0, 1e4], steps=80, lrs=lr_grid(1e-10, 3.0))
+    return attack_table(toy, [1.0, 100.0, 1e4], steps=80, lrs=lr_grid(0.01, 3.0))
 
 
 def test_attacks_converge_like_the_undefended_model(attacks, toy):
@@ -128,11 +132,11 @@ def test_attacks_converge_like_the_undefended_model(attacks, toy):
     locked = attacks.steps_to("locked")
     assert np.isnan(locked[-1]) or locked[-1] >= 5 * attacks.ref_steps("original")
     assert (attacks.fuse_error < 1e-9).all()
-    assert attacks.detected[-1] == ["0", "2"] and attacks.deformed == ["0", "2", "4"]
-    assert attacks.lrs["locked"][-1] < 1e-6 < attacks.lrs["original"]
-    # the injected runs reuse the reference's η and train only the Ds
+    assert attacks.detected[-1] == ("0", "2") and attacks.deformed == ("0", "2", "4")
+    assert np.isnan(attacks.lrs["locked"][-1]) or attacks.lrs["locked"][-1] < 1e-6 < attacks.lrs["original"]
+    # each attack gets its own best response; the injected run at it trains only the Ds
     injected = sl.inject(sl.specdef(toy.released, 1e4))
-    rerun = sl.train(copy.deepcopy(injected), toy.task, "sgd", 80, toy.target, lr=attacks.lrs["injected_ref"],
+    rerun = sl.train(copy.deepcopy(injected), toy.task, "sgd", 80, toy.target, lr=attacks.lrs["injected"][-1],
                      stop_at_target=True)
     np.testing.assert_allclose(rerun.losses, attacks.runs["injected"][-1].losses, rtol=1e-12)
 
@@ -155,9 +159,9 @@ def test_attacker_explorer_headless_and_live(attacks):
 def test_parameter_bill_is_L_d_squared():
     bill = parameter_bill([4, 8, 16], [1, 2, 5])
     expected = np.outer(np.array([4, 8, 16]) ** 2, [1, 2, 5])
-    np.testing.assert_array_equal(bill["added"], expected)
-    np.testing.assert_array_equal(bill["locked_extra"], expected)  # the defender paid the same
-    assert (bill["params"] == [[(d * d + d) * L + d + 1 for L in (1, 2, 5)] for d in (4, 8, 16)]).all()
+    np.testing.assert_array_equal(bill.added, expected)
+    np.testing.assert_array_equal(bill.locked_extra, expected)  # the defender paid the same
+    assert (bill.params == [[(d * d + d) * L + d + 1 for L in (1, 2, 5)] for d in (4, 8, 16)]).all()
     fig = bill_figure(bill)
     assert len(fig.data) == 2 * 3 + 2 * 3
     assert list(fig.data[0].y) == expected[0].tolist()

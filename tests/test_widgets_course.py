@@ -12,9 +12,12 @@ import pytest
 import torch
 
 import specdef_lite as sl
-from specdef_lite.widgets.conditioning import (ConditioningExplorer, descent_path, gd_rate, loss_curves_figure,
-                                               steps_vs_kappa)
-from specdef_lite.widgets.deformation import DeformationExplorer, deformation_sweep
+from specdef_lite.experiments.deformation import deformation_sweep
+from specdef_lite.experiments.descent import descent_path
+from specdef_lite.experiments.kappa import gd_rate, steps_vs_kappa
+from specdef_lite.experiments.plots import loss_curves_figure
+from specdef_lite.widgets.conditioning import ConditioningExplorer
+from specdef_lite.widgets.deformation import DeformationExplorer
 
 ALPHAS = [1.0, 1e2, 1e4]
 
@@ -128,6 +131,9 @@ def test_steps_vs_kappa_matches_theory_and_grows_linearly():
     assert sw.steps["GD"].tolist() == [84.0, 261.0, 879.0]
     assert 0.9 < sw.slope() < 1.1 and (sw.steps["Newton"] == 1).all()
     assert np.isfinite(sw.steps["Adam"]).all() and sw.slope("Adam") < 0.5
+    # GD's best response beats η = 1/λ_max and still grows linearly: η* ≈ 2/(1 + κ), steps ≈ log ε / log((κ−1)/(κ+1))
+    assert (sw.steps["GD best"] < sw.steps["GD"]).all() and 0.9 < sw.slope("GD best") < 1.1
+    assert all(br.bracketed for br in sw.responses["GD best"] + sw.responses["Adam"])
     fig = sw.figure()
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
 

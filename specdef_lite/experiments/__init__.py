@@ -1,10 +1,55 @@
 """The course's experiments: sweeps that answer its questions, each returning a frozen result.
 
 One idea per module. Explorers (``specdef_lite.widgets``), exercise checkers and notebooks only read
-these results; nothing here draws or displays.
+these results; ``plots`` draws them as static figures. The unit of every "is the attacker slowed?"
+comparison is the attacker's best response (``best_response``, ``slowdown``).
+
+| module | idea |
+|---|---|
+| ``best_response`` | η* = argmin_η T(τ; η) over a self-extending grid; ``slowdown`` (the core, model-agnostic) |
+| ``tuning`` | ``best_response`` on the toy path (over ``training.train``), ``lr_grid``, ``tracking_grid`` |
+| ``sweep`` | ``lr_sweep`` (a fixed grid), ``race`` (several optimizers once) |
+| ``kappa`` | steps to τ against κ on a quadratic (notebook 01) |
+| ``descent`` | the iterates θ_t of GD / Adam / Newton on a 2-D quadratic (01's explorer) |
+| ``deformation`` | spectrum, function and σ₁(∇²ℒ) against α (notebook 02) |
+| ``race`` | every optimizer's best response against every lock (notebook 03) |
+| ``attack`` | locked vs fused vs injected, each at its best response (notebook 04) |
+| ``bill`` | the parameters injection adds, counted (notebook 04) |
+| ``low_precision`` | the attack trained in float32 / bfloat16 (notebook 05) |
+| ``slope``, ``grid`` | the log–log slope; log grids of α |
+| ``plots`` | static figures of these results |
 """
 from __future__ import annotations
 
+import importlib
+
 from .best_response import BestResponse, Outcome, Slowdown, search, slowdown
 
-__all__ = ["Outcome", "BestResponse", "search", "Slowdown", "slowdown"]
+_EXPORTS = {
+    "best_response": "tuning", "outcome": "tuning", "lr_grid": "tuning", "around": "tuning",
+    "tracking_grid": "tuning", "LABELS": "tuning",
+    "Sweep": "sweep", "lr_sweep": "sweep", "race": "sweep",
+    "KappaSweep": "kappa", "steps_vs_kappa": "kappa", "gd_rate": "kappa", "gd_theory_steps": "kappa",
+    "best_fixed_step_steps": "kappa",
+    "Path": "descent", "descent_path": "descent",
+    "DeformationSweep": "deformation", "deformation_sweep": "deformation",
+    "RaceTable": "race", "race_table": "race",
+    "AttackTable": "attack", "attack_table": "attack",
+    "ParameterBill": "bill", "parameter_bill": "bill",
+    "PrecisionRun": "low_precision", "precision_attack": "low_precision",
+    "loglog_slope": "slope", "log_grid": "grid", "nearest": "grid", "snap": "grid",
+}
+
+__all__ = ["Outcome", "BestResponse", "search", "Slowdown", "slowdown", "plots", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    if name == "plots":
+        return importlib.import_module(f"{__name__}.plots")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -16,25 +16,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..display import is_live, slider_figure
+from ..experiments.grid import log_grid, nearest, snap  # noqa: F401 - the explorers' α grids
 
 Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
-
-
-def log_grid(lo: float = 1.0, hi: float = 1e6, per_decade: int = 4) -> np.ndarray:
-    """α grid 10^(log10 lo … log10 hi), ``per_decade`` points a decade, endpoints included."""
-    a, b = np.log10(lo), np.log10(hi)
-    return 10 ** np.linspace(a, b, int(round((b - a) * per_decade)) + 1)
-
-
-def nearest(grid: Sequence[float], value: float) -> int:
-    """argminᵢ |log₁₀ gridᵢ − log₁₀ value|: the index of the grid point nearest on a log scale."""
-    g = np.asarray(grid, dtype=float)
-    return int(np.argmin(np.abs(np.log10(g) - np.log10(float(value)))))
-
-
-def snap(value: float, grid: Sequence[float]) -> float:
-    """The grid point nearest to ``value`` on a log scale."""
-    return float(np.asarray(grid, dtype=float)[nearest(grid, value)])
 
 
 class Explorer:

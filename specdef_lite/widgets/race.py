@@ -1,215 +1,23 @@
 """03 — the optimizer race: T_A(τ) and η_max of each attacker's optimizer A as the lock strength α grows.
 
-``race_table`` locks the released model at every α of a coarse grid and lets each optimizer tune its learning
-rate the way an attacker would: scanning down from a large η until runs stop diverging, then a little further
-while steps-to-target keep improving (``scan_lrs``). That is much cheaper than a full ``lr_sweep`` at every α
-(a lock at α = 1e6 pushes GD's stable η down to ~1e-13) and finds the same stability edge and best η, as long as
-the best η lies within ``below_edge`` decades of the edge (for GD it sits at the edge). ``RaceExplorer`` draws
-the table: the loss curves at the
-chosen α, T(τ) against α and η_max against α with the 1/α² law of GD beside it; every curve it shows is a
-``Trace`` from the library's ``train``, computed once and cached.
+``RaceExplorer`` draws an ``experiments.race.RaceTable`` (each optimizer's best response at every α): the
+loss curves at the chosen α, T(τ) against α and η_max against α with the 1/α² law of GD beside it; every
+curve it shows is a ``Trace`` from the library's ``train``, computed once and cached.
 """
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
 
-from ..deform import specdef
-from .. import Sweep, Trace, train
-from ._base import Explorer, alpha_slider, nearest, snap
+from ..experiments.plots import COLORS
+from ..experiments.race import RaceTable
+from ..experiments.tuning import LABELS
+from ._base import Explorer, alpha_slider, snap
 
-__all__ = ["lr_grid", "scan_lrs", "RaceTable", "race_table", "loglog_slope", "RaceExplorer", "LABELS", "COLORS"]
-
-LABELS = {"sgd": "GD", "adam": "Adam", "newton": "Newton", "sophia": "Sophia", "muon": "Muon"}
-COLORS = {"sgd": "#1f77b4", "adam": "#ff7f0e", "newton": "#2ca02c", "sophia": "#d62728", "muon": "#9467bd"}
-
-
-def lr_grid(lo: float, hi: float, per_decade: int = 2) -> np.ndarray:
-    """η grid from hi down to lo (descending): the round values 10^(j/per_decade) in [lo, hi].
-
-    Example:
-        >>> [float(f"{v:.3g}") for v in lr_grid(0.01, 1.0, 2)]
-        [1.0, 0.316, 0.1, 0.0316, 0.01]
-    """
-    if not 0 < lo <= hi:
-        raise ValueError(f"need 0 < lo <= hi, got lo={lo}, hi={hi}")
-    j_hi = math.floor(math.log10(hi) * per_decade + 1e-9)
-    j_lo = math.ceil(math.log10(lo) * per_decade - 1e-9)
-    if j_lo > j_hi:
-        raise ValueError(f"no 10^(j/{per_decade}) lies in [{lo}, {hi}]")
-    return 10.0 ** (np.arange(j_hi, j_lo - 1, -1) / per_decade)
-
-
-def loglog_slope(x: Sequence[float], y: Sequence[float | None]) -> float:
-    """Least-squares slope of log y against log x over the finite, positive points (NaN if fewer than 2)."""
-    x = np.asarray(x, dtype=float)
-    y = np.array([np.nan if v is None else v for v in y], dtype=float)
-    ok = np.isfinite(y) & (y > 0) & np.isfinite(x) & (x > 0)
-    if ok.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
-
-
-def scan_lrs(model, task, optimizer: str, lrs: Sequence[float], steps: int, target: float, *,
-             below_edge: float = 2.0, patience: int = 2, explode: float = 1e3, window: int = 10,
-             **optimizer_kw) -> Sweep:
-    """The attacker's tuning: η from large to small; stop ``below_edge`` decades under the first stable η, or
-    after ``patience`` runs in a row that did not beat the best steps-to-τ so far (counted only once some η has
-    reached τ: a plateau at too large an η can look like "no progress"). Returns a ``Sweep`` over the η tried.
-
-    For GD one decade below the edge is plenty (below it a smaller η only slows a run down); Adam-type
-    optimizers have their best η up to ~1.5 decades under their stability edge.
-
-    Each run is ``train(copy, task, optimizer, steps, target, lr=η, stop_at_target=True)`` — the same runs
-    and the same definitions (divergence, *staying* below τ) as ``lr_sweep``; only fewer of them.
-    """
-    grid = np.sort(np.asarray(list(lrs), dtype=float))[::-1]
-    if grid.size == 0:
-        raise ValueError("lrs is empty")
-    tried: list[tuple[float, Trace]] = []
-    edge = None
-    best, since_best = None, 0
-    for lr in grid:
-        if edge is not None and lr < edge / 10 ** below_edge * (1 - 1e-9):
-            break
-        tr = train(copy.deepcopy(model), task, optimizer, steps, target, lr=float(lr), optimizer_kw=optimizer_kw,
-                   explode=explode, stop_at_target=True, window=window, label=f"{LABELS.get(optimizer, optimizer)} "
-                   f"lr={lr:.2g}")
-        tried.append((float(lr), tr))
-        if tr.diverged:
-            continue
-        edge = lr if edge is None else edge
-        s = tr.steps_to(target)
-        if s is not None and (best is None or s < best):
-            best, since_best = s, 0
-        elif best is not None:  # patience counts only once some η has reached τ
-            since_best += 1
-            if since_best >= patience:
-                break
-    tried.sort(key=lambda t: t[0])
-    lr_arr = np.array([t[0] for t in tried])
-    traces = [t[1] for t in tried]
-    hits = [tr.steps_to(target) for tr in traces]
-    diverged = np.array([tr.diverged for tr in traces])
-    reached = [(s, lr) for s, lr in zip(hits, lr_arr) if s is not None]
-    best_steps, best_lr = min(reached) if reached else (None, None)
-    stable = np.logical_and.accumulate(~diverged)
-    max_stable = float(lr_arr[np.flatnonzero(stable)[-1]]) if stable[0] else None
-    return Sweep(lr_arr, traces, hits, diverged, None if best_lr is None else float(best_lr), best_steps,
-                 max_stable, float(target), name=optimizer,
-                 extra={"scan": "descending", "below_edge": below_edge, "patience": patience, "steps": steps})
-
-
-@dataclass
-class RaceTable:
-    """One ``Sweep`` per (optimizer, α): the attacker's tuned runs against a lock of every strength.
-
-    Attributes:
-        alphas: (A,) the lock strengths, ascending.
-        sweeps: optimizer → A sweeps (``scan_lrs``), in the order of ``alphas``.
-        steps: optimizer → the step budget each run had.
-        target: τ; loss0: the harmful loss of the released model (the same at every α: the lock
-            preserves the function).
-        released, task, k, targets, optimizer_kw: what is needed to rerun any (α, optimizer, η).
-    """
-    alphas: np.ndarray
-    sweeps: dict[str, list[Sweep]]
-    steps: dict[str, int]
-    target: float
-    loss0: float
-    released: object = None
-    task: object = None
-    k: int = 1
-    targets: object = None
-    optimizer_kw: dict = field(default_factory=dict)
-
-    @property
-    def optimizers(self) -> list[str]:
-        return list(self.sweeps)
-
-    def best_steps(self, optimizer: str) -> np.ndarray:
-        """(A,) T(τ) at the best η, NaN where no η reached τ within the budget."""
-        return np.array([np.nan if s.best_steps is None else s.best_steps for s in self.sweeps[optimizer]])
-
-    def best_lr(self, optimizer: str) -> np.ndarray:
-        """(A,) the η with the fewest steps to τ, NaN where none reached it."""
-        return np.array([np.nan if s.best_lr is None else s.best_lr for s in self.sweeps[optimizer]])
-
-    def max_stable_lr(self, optimizer: str) -> np.ndarray:
-        """(A,) the largest η tried that (with every smaller η tried) did not diverge; NaN if none."""
-        return np.array([np.nan if s.max_stable_lr is None else s.max_stable_lr for s in self.sweeps[optimizer]])
-
-    def index(self, alpha: float) -> int:
-        return nearest(self.alphas, alpha)
-
-    def trace(self, optimizer: str, alpha: float, lr: float | None = None) -> Trace:
-        """The run of ``optimizer`` at (the grid α nearest) ``alpha`` with η = ``lr`` (default: its best η;
-        failing that, its largest stable η). Looked up in the table, or trained now if that η was not tried."""
-        sw = self.sweeps[optimizer][self.index(alpha)]
-        if lr is None:
-            lr = sw.best_lr if sw.best_lr is not None else sw.max_stable_lr
-            if lr is None:
-                return sw.traces[0]
-        hit = np.flatnonzero(np.isclose(sw.lrs, lr, rtol=1e-6, atol=0))
-        if hit.size:
-            return sw.traces[int(hit[0])]
-        locked = self.locked(alpha)
-        return train(locked, self.task, optimizer, self.steps[optimizer], self.target, lr=float(lr),
-                     optimizer_kw=self.optimizer_kw.get(optimizer, {}), stop_at_target=True,
-                     label=f"{LABELS.get(optimizer, optimizer)} lr={lr:.2g}")
-
-    def locked(self, alpha: float):
-        """A fresh copy of the released model locked at the grid α nearest ``alpha``."""
-        return specdef(self.released, float(self.alphas[self.index(alpha)]), k=self.k, targets=self.targets)
-
-
-def race_table(problem, alphas: Sequence[float], lrs: Mapping[str, Sequence[float]], steps: int | Mapping[str, int], *,
-               k: int = 1, targets=None, optimizer_kw: Mapping[str, dict] | None = None,
-               below_edge: Mapping[str, float] | None = None, patience: int = 2,
-               progress: bool = False) -> RaceTable:
-    """T_A(τ) and η_max for every optimizer A and every α: lock, then ``scan_lrs`` — the data of notebook 03.
-
-    Args:
-        problem: a ``ToyProblem`` (``released``, ``task``, ``target``), e.g. ``teacher_student()``.
-        alphas: lock strengths (a log grid: the explorer's α slider steps through it).
-        lrs: optimizer name → its η grid, e.g. ``{"sgd": lr_grid(1e-13, 3), "newton": [1.0, 0.5, 0.25]}``.
-        steps: the step budget, one for all or per optimizer (Newton steps cost a dense Hessian each).
-        k, targets: passed to ``specdef``; optimizer_kw: per-optimizer options (e.g. Newton's damping).
-        below_edge: optimizer → decades scanned under its stability edge (default 1 for "sgd", 2 otherwise);
-        patience: see ``scan_lrs``. progress: a ``tqdm.auto`` bar over (α, optimizer).
-
-    Example:
-        >>> from specdef_lite.problems import teacher_student
-        >>> p = teacher_student(width=4, n=16, seed=0)
-        >>> tab = race_table(p, [10.0, 100.0], {"sgd": lr_grid(1e-5, 1.0, 2)}, steps=60)
-        >>> [f"{v:.2g}" for v in tab.max_stable_lr("sgd")]  # α ×10 → η_max ×1/100
-        ['0.032', '0.00032']
-    """
-    alphas = np.sort(np.asarray(list(alphas), dtype=float))
-    budget = {o: int(steps if isinstance(steps, (int, np.integer)) else steps[o]) for o in lrs}
-    kw = {o: dict((optimizer_kw or {}).get(o, {})) for o in lrs}
-    depth = {o: float((below_edge or {}).get(o, 1.0 if o == "sgd" else 2.0)) for o in lrs}
-    sweeps: dict[str, list[Sweep]] = {o: [] for o in lrs}
-    bar = tqdm(total=len(alphas) * len(lrs), disable=not progress, desc="race", leave=False)
-    try:
-        for a in alphas:
-            locked = specdef(problem.released, float(a), k=k, targets=targets)
-            for o, grid in lrs.items():
-                bar.set_postfix_str(f"α={a:.0e} {LABELS.get(o, o)}", refresh=False)
-                sweeps[o].append(scan_lrs(locked, problem.task, o, grid, budget[o], problem.target,
-                                          below_edge=depth[o], patience=patience, **kw[o]))
-                bar.update(1)
-    finally:
-        bar.close()
-    return RaceTable(alphas, sweeps, budget, float(problem.target), float(problem.task.value(problem.released)),
-                     problem.released, problem.task, k, targets, kw)
+__all__ = ["RaceExplorer", "LABELS", "COLORS"]
 
 
 def _finite(values) -> list:
