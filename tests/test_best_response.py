@@ -190,3 +190,28 @@ def test_results_are_frozen():
     o = Outcome(1.0, 3, False)
     with pytest.raises(AttributeError):
         o.steps = 4  # type: ignore[misc]
+
+
+def test_shown_is_the_best_else_the_largest_stable_else_the_smallest():
+    outs = (Outcome(1e-3, None, False), Outcome(1e-2, None, False), Outcome(1e-1, None, True))
+    assert BestResponse("x", 0.0, 9, outs, None, False).shown.lr == 1e-2
+    assert BestResponse("x", 0.0, 9, outs[2:], None, False).shown.lr == 1e-1
+    best = Outcome(1e-3, 5, False)
+    assert BestResponse("x", 0.0, 9, (best,) + outs[1:], best, False).shown is best
+
+
+def test_never_reached_with_closeness_extends_towards_the_closest_run():
+    """Nothing reaches τ; the final loss is smallest at η = 1e-6 (below the grid): the search walks down to it."""
+    calls = []
+
+    def run(lr):
+        calls.append(lr)
+        return Outcome(lr, None, lr > 1.0, result=abs(math.log10(lr) + 6) + 1)  # 'final loss', least at 1e-6
+    br = search(run, [1e-3, 1e-2], budget=20, target=0.0, closeness=lambda o: o.result)
+    assert br.lower_bound == 21 and not br.reached
+    assert min(calls) == pytest.approx(1e-7)  # one past the closest: it is now inside the range tried
+    assert min(br.outcomes, key=lambda o: o.result).lr == pytest.approx(1e-6)
+    # without closeness the old rule applies: only upward while the top is stable and too slow
+    calls.clear()
+    br = search(run, [1e-3, 1e-2], budget=20, target=0.0)
+    assert min(calls) == pytest.approx(1e-3) and max(calls) == pytest.approx(10.0)

@@ -17,7 +17,7 @@ comparison is the attacker's best response (``best_response``, ``slowdown``).
 | ``bill`` | the parameters injection adds, counted (notebook 04) |
 | ``low_precision`` | the attack trained in float32 / bfloat16 (notebook 05) |
 | ``slope``, ``grid`` | the log–log slope; log grids of α |
-| ``plots`` | static figures of these results |
+| ``plots``, ``text`` | static figures of these results; numbers as the prose writes them |
 """
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ _EXPORTS = {
     "loglog_slope": "slope", "log_grid": "grid", "nearest": "grid", "snap": "grid",
 }
 
-__all__ = ["Outcome", "BestResponse", "search", "Slowdown", "slowdown", "plots", *_EXPORTS]
+__all__ = ["Outcome", "BestResponse", "search", "Slowdown", "slowdown", "plots", "text", *_EXPORTS]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name == "plots":
-        return importlib.import_module(f"{__name__}.plots")
+    if name in ("plots", "text"):
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -27,7 +27,7 @@ from ..deform import deformed_layers, specdef
 from ..training import Trace
 from .best_response import BestResponse, Slowdown, slowdown
 from .grid import nearest
-from .tuning import around, best_response, lr_grid, tracking_grid
+from .tuning import around, best_response, spanning, tracking_grid
 
 __all__ = ["AttackTable", "attack_table", "REFERENCE"]
 
@@ -37,9 +37,7 @@ REFERENCE = {"locked": "original", "fused": "original", "injected": "injected_re
 
 def _shown(br: BestResponse) -> Trace:
     """The run to draw: at the best η, else the largest stable η, else the first η tried."""
-    lr = br.best_lr if br.best_lr is not None else br.max_stable_lr
-    i = 0 if lr is None else int(np.flatnonzero(br.lrs == lr)[0])
-    return br.outcomes[i].result
+    return br.shown.result
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,8 @@ def attack_table(problem, alphas: Sequence[float], *, optimizer: str = "sgd", st
         alphas: lock strengths (the explorer's slider steps through them), ascending in the result.
         optimizer: one ``make_optimizer`` name for every run ("sgd" by default), ``**optimizer_kw`` its options.
         steps: the step budget of every run.
-        lrs: the starting η grid of the undefended references (default ``lr_grid(1e-3, 3)``); every search
-            extends past an edge while its best sits there.
+        lrs: the η range where the undefended references' searches start (default 1e-3 … 3), sampled at
+            ``per_decade`` points a decade (``spanning``); every search extends past an edge while its best sits there.
         k, targets: passed to ``specdef``. per_decade: points a decade of every grid built here.
         progress: a ``tqdm.auto`` bar over α.
 
@@ -119,7 +117,7 @@ def attack_table(problem, alphas: Sequence[float], *, optimizer: str = "sgd", st
         ([1.0, 1.0], [1.0, 1.0])
     """
     alphas = np.sort(np.asarray(list(alphas), dtype=float))
-    grid = lr_grid(1e-3, 3.0, per_decade) if lrs is None else np.asarray(list(lrs), dtype=float)
+    grid = spanning([1e-3, 3.0] if lrs is None else lrs, per_decade)
     task, target, released = problem.task, problem.target, problem.released
 
     def respond(model, lrs_, label):

@@ -64,8 +64,8 @@ class BestResponse:
     Example:
         >>> outs = (Outcome(0.1, 30, False), Outcome(0.2, 12, False), Outcome(0.4, None, True))
         >>> br = BestResponse("gd", 1e-3, 50, outs, outs[1], True)
-        >>> br.best_lr, br.best_steps, br.lower_bound, br.max_stable_lr
-        (0.2, 12, 12, 0.2)
+        >>> br.best_lr, br.best_steps, br.lower_bound, br.max_stable_lr, br.shown.lr
+        (0.2, 12, 12, 0.2, 0.2)
     """
     label: str
     target: float
@@ -112,6 +112,16 @@ class BestResponse:
         stable = np.logical_and.accumulate(~self.diverged) if self.outcomes else np.array([], bool)
         return float(self.lrs[np.flatnonzero(stable)[-1]]) if stable.size and stable[0] else None
 
+    @property
+    def shown(self) -> Outcome | None:
+        """The outcome to draw: the best; if none reached τ, the largest stable lr; else the smallest lr tried."""
+        if self.best is not None:
+            return self.best
+        lr = self.max_stable_lr
+        if lr is None:
+            return self.outcomes[0] if self.outcomes else None
+        return next(o for o in self.outcomes if o.lr == lr)
+
     def summary(self) -> str:
         """One line for prose: 'η* = 0.2: 12 steps (bracketed)' or 'τ not reached within 50 steps (T ≥ 51)'."""
         name = f"{self.label}: " if self.label else ""
@@ -141,7 +151,8 @@ def _open_sides(outcomes: Sequence[Outcome], best: Outcome) -> tuple[bool, bool]
 
 
 def search(run: Callable[[float], Outcome], lrs: Sequence[float], *, budget: int, target: float,
-           label: str = "", max_extend: int = 8, progress: bool | None = None) -> BestResponse:
+           label: str = "", max_extend: int = 8, progress: bool | None = None,
+           closeness: Callable[[Outcome], float] | None = None) -> BestResponse:
     """η* = argmin_η T(τ; η): run every lr of the grid, extending it by one grid step past an edge while the best sits on it.
 
     Args:
@@ -152,10 +163,14 @@ def search(run: Callable[[float], Outcome], lrs: Sequence[float], *, budget: int
         target: τ (recorded in the result).
         max_extend: at most this many extra lrs per side.
         progress: a ``tqdm.auto`` bar over runs; None → only when a front end is watching.
+        closeness: optional score of a run that did not reach τ (smaller = closer, e.g. its final loss):
+            it steers the search when nothing reaches τ, so the lower bound is measured where the attacker
+            gets closest, not wherever the grid happened to start.
 
     Extension rules: while the best sits on an edge (no worse lr tried beyond it), try lr·q (or lr/q)
     beyond that edge. If nothing reached τ: extend downward while the smallest lr diverged (a lock needs
-    η ~ 1/α), and upward while the largest lr neither diverged nor reached τ (too slow to arrive).
+    η ~ 1/α); then, with ``closeness``, past whichever edge the closest non-diverged run sits on, and
+    without it, upward while the largest lr neither diverged nor reached τ (too slow to arrive).
 
     Example:
         >>> T = lambda lr: Outcome(lr, None, True) if lr > 1.0 else Outcome(lr, round(10 * abs(math.log10(lr / 0.1))) + 5, False)
@@ -210,9 +225,17 @@ def search(run: Callable[[float], Outcome], lrs: Sequence[float], *, budget: int
                     break
             else:
                 low, high = ordered[0], ordered[-1]
-                if not ((low.diverged and extend("below"))
-                        or (not high.diverged and high.steps is None and extend("above"))):
-                    break
+                if low.diverged and extend("below"):
+                    continue
+                stable = [o for o in ordered if not o.diverged]
+                if closeness is not None and stable:
+                    near = min(stable, key=lambda o: (closeness(o), o.lr))
+                    side = "below" if near is low else "above" if near is high else None
+                    if side is not None and extend(side):
+                        continue
+                elif closeness is None and not high.diverged and high.steps is None and extend("above"):
+                    continue
+                break
     finally:
         bar.close()
     ordered = tuple(outcomes[lr] for lr in sorted(outcomes))

@@ -94,7 +94,7 @@ def steps_vs_kappa(kappas: Sequence[float], *, tau: float = 1e-8, max_steps: int
     """T(τ) = min{t : ℒ(θ_s) ≤ τ for all s ≥ t} against κ: GD at η = 1/λ_max and at its best η, Newton at η = 1, Adam at its best η.
 
     Each run is the library's ``train`` on ``problems.quadratic([1, κ], seed=seed)``, stopped 10 steps after
-    it reaches τ. Best responses start from a short grid (GD: 1/κ·10^(j/16), Adam: ``adam_lrs``) that
+    it reaches τ. Best responses start from a short grid (GD: 1/κ and 10^(1/8)/κ, Adam: ``adam_lrs``) that
     ``best_response`` extends until the best is bracketed.
 
     Args:
@@ -131,8 +131,8 @@ def steps_vs_kappa(kappas: Sequence[float], *, tau: float = 1e-8, max_steps: int
             lrs[lab][i] = 1.0 / kappa if lab == "GD" else 1.0
         searched = {}
         if gd_best:
-            searched["GD best"] = best_response(model, task, "sgd", lrs=around(1.0 / kappa, below=1, above=2,
-                                                                                per_decade=16),
+            searched["GD best"] = best_response(model, task, "sgd", lrs=around(1.0 / kappa, below=0, above=1,
+                                                                                per_decade=8),
                                                 steps=max_steps, target=tau, label="GD")
         if adam_lrs:
             searched["Adam"] = best_response(model, task, "adam", lrs=list(adam_lrs),

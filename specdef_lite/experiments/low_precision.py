@@ -19,7 +19,7 @@ from ..deform import specdef
 from ..precision import as_dtype, task_in
 from ..training import Trace, train
 from .best_response import BestResponse
-from .tuning import LABELS, best_response
+from .tuning import LABELS, best_response, closest
 
 __all__ = ["PrecisionRun", "precision_attack"]
 
@@ -77,8 +77,8 @@ def precision_attack(problem, alpha: float, optimizer: str, dtype: str, *, lrs: 
     label = f"{LABELS.get(optimizer, optimizer)}, {dtype}, α = {alpha:.0e}"
     br = best_response(locked, task, optimizer, lrs=lrs, steps=steps, target=problem.target, max_extend=max_extend,
                        label=label, progress=False, **optimizer_kw)
-    stable = [o for o in br.outcomes if not o.diverged]
-    lr = br.best_lr if br.best is not None else (min(stable, key=lambda o: o.result.final).lr if stable else None)
+    near = closest(br)
+    lr = None if near is None else near.lr
     shown, moved = None, 0.0
     if lr is not None:
         model = copy.deepcopy(locked)

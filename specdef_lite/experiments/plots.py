@@ -145,8 +145,17 @@ def bill_figure(bill) -> go.Figure:
     return fig
 
 
-def start_figure(f: np.ndarray, f_locked: np.ndarray, runs: Mapping[str, tuple], tau: float, *,
-                 same_as: Mapping[str, str] | None = None) -> go.Figure:
+def _twin(trace, earlier: Mapping[str, object]) -> str | None:
+    """The label of an earlier run whose losses equal these to 1e-9 (relative), else None."""
+    y = np.asarray(trace.losses, dtype=float)
+    for label, other in earlier.items():
+        z = np.asarray(other.losses, dtype=float)
+        if z.shape == y.shape and np.allclose(y, z, rtol=1e-9, atol=0, equal_nan=True):
+            return label
+    return None
+
+
+def start_figure(f: np.ndarray, f_locked: np.ndarray, runs: Mapping[str, tuple], tau: float) -> go.Figure:
     """Notebook 00's one picture: f' against f on the utility inputs (left), and each model's attack at its best η (right).
 
     Args:
@@ -154,8 +163,9 @@ def start_figure(f: np.ndarray, f_locked: np.ndarray, runs: Mapping[str, tuple],
         runs: legend label → (``Trace``, ``BestResponse``) — the run drawn and the search it came from; a
             response that never reached τ is drawn dashed and labelled with its lower bound.
         tau: the target, drawn dashed with its label on the line.
-        same_as: label → label of a curve it coincides with: drawn dashed and wider-spaced on top, with
-            "(coincides with …)" in its legend entry, so neither hides the other.
+
+    A run whose losses equal an earlier run's (to 1e-9) would hide under it: it is drawn thinner and dashed
+    on top, with "coincides with …" in its legend entry, so both stay visible.
     """
     diff = float(np.max(np.abs(np.asarray(f) - np.asarray(f_locked))))
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"same function: max |f − f'| = {diff:.1e}",
@@ -164,8 +174,10 @@ def start_figure(f: np.ndarray, f_locked: np.ndarray, runs: Mapping[str, tuple],
     lim = [float(np.min(f)), float(np.max(f))]
     fig.add_trace(go.Scatter(x=lim, y=lim, mode="lines", line=dict(dash="dot", color="grey"), name="f' = f"), 1, 1)
     colors = ["#2ca02c", "#d62728", "#ff7f0e", "#1f77b4"]
+    drawn: dict[str, object] = {}
     for j, (label, (trace, br)) in enumerate(runs.items()):
-        twin = (same_as or {}).get(label)
+        twin = _twin(trace, drawn)
+        drawn[label] = trace
         lr = trace.label.rpartition("lr=")[2] if "lr=" in trace.label else "?"
         if br.reached:
             name = f"{label}: {br.best_steps} steps (η = {lr})"

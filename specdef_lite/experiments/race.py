@@ -6,13 +6,15 @@ locked best over undefended best, each at its own best learning rate (``slowdown
 attacker never gets past within the budget gives a lower bound.
 
 Why a tracking grid: a lock at α = 10⁶ pushes GD's stable η down to ~10⁻¹³, so a full grid at every α
-would cost dozens of runs. Each α instead starts from a short grid about the previous α's best η,
-reaching down as far as the steepest law a lock could impose (η ∝ 1/α², σ₁(∇²ℒ) ∝ α²) and one step up;
-``search`` then extends it by itself while the best sits on an edge, so the answer is still a bracketed
-optimum (or says it is not), never an assumption about the law.
+would cost dozens of runs. The first α starts from a short grid about the undefended best η, reaching down
+as far as the steepest law a lock could impose (η ∝ 1/α², σ₁(∇²ℒ) ∝ α²) and one step up; later α start
+from three points about the η that the trend of the last two answers predicts. ``search`` then extends
+each grid by itself while the best sits on an edge, so the answer is still a bracketed optimum (or says
+it is not), never an assumption about the law.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +25,7 @@ from ..deform import specdef
 from ..training import Trace, train
 from .best_response import BestResponse, Slowdown, slowdown
 from .grid import nearest
-from .tuning import LABELS, best_response, tracking_grid
+from .tuning import LABELS, anchor, best_response, spanning, tracking_grid
 
 __all__ = ["RaceTable", "race_table"]
 
@@ -122,6 +124,16 @@ class RaceTable:
         return specdef(self.released, float(self.alphas[self.index(alpha)]), k=self.k, targets=self.targets)
 
 
+def _next_grid(history: list[tuple[float, BestResponse]], alpha: float, per_decade: int) -> np.ndarray:
+    """``tracking_grid`` from the last answer, with the slope of the last two locked answers once there are two."""
+    a_prev, br_prev = history[-1]
+    slope = None
+    if len(history) >= 3 and history[-2][0] < a_prev:
+        a0, br0 = history[-2]
+        slope = math.log(anchor(br_prev) / anchor(br0)) / math.log(a_prev / a0)
+    return tracking_grid(br_prev, alpha / a_prev, per_decade=per_decade, slope=slope)
+
+
 def race_table(problem, alphas: Sequence[float], lrs: Mapping[str, Sequence[float]], steps: int | Mapping[str, int], *,
                k: int = 1, targets=None, optimizer_kw: Mapping[str, dict] | None = None, per_decade: int = 2,
                max_extend: int = 8, progress: bool = False) -> RaceTable:
@@ -130,8 +142,9 @@ def race_table(problem, alphas: Sequence[float], lrs: Mapping[str, Sequence[floa
     Args:
         problem: a ``ToyProblem`` (``released``, ``task``, ``target``), e.g. ``teacher_student()``.
         alphas: lock strengths (a log grid: the explorer's α slider steps through it).
-        lrs: optimizer name → its starting η grid on the undefended model, e.g.
-            ``{"sgd": lr_grid(1e-3, 3), "newton": [0.5, 0.1]}``; the search extends it as needed.
+        lrs: optimizer name → the η range where its search on the undefended model starts, e.g.
+            ``{"sgd": [0.1, 1.0], "newton": [0.03, 0.3]}``; it is sampled at ``per_decade`` points a decade
+            (``spanning``) so that every search of the table has the same resolution, and extended as needed.
         steps: the step budget B, one for all or per optimizer (Newton steps cost a dense Hessian each).
         k, targets: passed to ``specdef``; optimizer_kw: per-optimizer options (e.g. Newton's damping).
         per_decade: points per decade of every tracking grid (its step is the search's extension step).
@@ -142,9 +155,8 @@ def race_table(problem, alphas: Sequence[float], lrs: Mapping[str, Sequence[floa
 
     Example:
         >>> from specdef_lite.problems import teacher_student
-        >>> from specdef_lite.experiments.tuning import lr_grid
         >>> p = teacher_student(width=4, n=16, seed=0)
-        >>> tab = race_table(p, [10.0, 100.0], {"sgd": lr_grid(0.1, 1.0)}, steps=60)
+        >>> tab = race_table(p, [10.0, 100.0], {"sgd": [0.1, 1.0]}, steps=60)
         >>> [f"{v:.2g}" for v in tab.max_stable_lr("sgd")]  # α ×10 → η_max ×1/100
         ['0.032', '0.00032']
         >>> [s.summary() for s in tab.slowdowns("sgd")]
@@ -165,20 +177,19 @@ def race_table(problem, alphas: Sequence[float], lrs: Mapping[str, Sequence[floa
     try:
         reference = {}
         for o, grid in lrs.items():
-            reference[o] = respond(problem.released, o, grid)
+            reference[o] = respond(problem.released, o, spanning(grid, per_decade))
             if not reference[o].reached:
                 raise ValueError(f"the undefended model never reaches τ = {target:.3g} with {LABELS.get(o, o)} "
                                  f"within {budget[o]} steps ({reference[o].summary()}): raise its steps or widen lrs")
         responses: dict[str, list[BestResponse]] = {o: [] for o in lrs}
-        previous = {o: (1.0, reference[o]) for o in lrs}
+        previous = {o: [(1.0, reference[o])] for o in lrs}  # (α, best response) so far, per optimizer
         for a in alphas:
             locked = specdef(problem.released, float(a), k=k, targets=targets)
             for o in lrs:
                 bar.set_postfix_str(f"α={a:.0e} {LABELS.get(o, o)}", refresh=False)
-                a_prev, br_prev = previous[o]
-                br = respond(locked, o, tracking_grid(br_prev, a / a_prev, per_decade=per_decade))
+                br = respond(locked, o, _next_grid(previous[o], float(a), per_decade))
                 responses[o].append(br)
-                previous[o] = (float(a), br)
+                previous[o].append((float(a), br))
     finally:
         bar.close()
     return RaceTable(alphas, {o: tuple(v) for o, v in responses.items()}, reference, budget, float(target),
