@@ -7,9 +7,9 @@ notebook's final cell tagged ``lesson``. New notebooks and new entries are picke
 never means editing this file.
 
 Cost: a student who tries a suggestion edits the parameters cell and reruns the notebook in the same kernel. The
-runs here do the same — one kernel per notebook, reused for each of its entries, with the user namespace cleared
-(``%reset -f``) before every run — so an entry pays for its own computation, not for another interpreter start and
-the course's imports (about 3 s a notebook, TOOLCHAIN.md). The seconds of every run go to build/try-this.json.
+runs here do the same — one kernel for the whole module, with the user namespace cleared (``%reset -f``) before
+every run — so an entry pays for its own computation, not for another interpreter start and the course's imports
+(about 3 s a notebook, TOOLCHAIN.md). The seconds of every run go to build/try-this.json.
 """
 from __future__ import annotations
 
@@ -73,24 +73,16 @@ def test_course_notebooks_tag_their_final_assertions_and_offer_something_to_try(
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    """One started kernel per notebook, headless, shut down at the end of the module."""
+def kernel():
+    """One started kernel, headless, in notebooks/ (every notebook's own folder), shut down at the end."""
     from jupyter_client.manager import KernelManager
-    started: dict[str, KernelManager] = {}
     old = {k: os.environ.get(k) for k in ("SPECDEF_LITE_HEADLESS", "PYTHONWARNINGS")}
     os.environ["SPECDEF_LITE_HEADLESS"] = "1"  # the kernel inherits it: explorers render static figures
     os.environ["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
-
-    def get(path: Path) -> KernelManager:
-        if path.name not in started:
-            km = KernelManager(kernel_name=KERNEL)
-            km.start_kernel(cwd=str(path.parent))
-            started[path.name] = km
-        return started[path.name]
-
-    yield get
-    for km in started.values():
-        km.shutdown_kernel(now=True)
+    km = KernelManager(kernel_name=KERNEL)
+    km.start_kernel(cwd=str(ROOT / "notebooks"))
+    yield km
+    km.shutdown_kernel(now=True)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -109,12 +101,12 @@ def _prepared(path: Path, entry: dict):
 
 
 @pytest.mark.parametrize("path, i, entry", CASES)
-def test_try_this_runs(path, i, entry, kernels, tmp_path):
+def test_try_this_runs(path, i, entry, kernel, tmp_path):
     import papermill as pm
     params = {**_nb(path)["metadata"]["specdef_lite"]["test_parameters"], **entry["parameters"]}
     t0 = time.perf_counter()
     pm.execute_notebook(_prepared(path, entry), str(tmp_path / path.name), parameters=params, kernel_name=KERNEL,
-                        km=kernels(path), cwd=str(path.parent), progress_bar=False, log_output=False)
+                        km=kernel, cwd=str(path.parent), progress_bar=False, log_output=False)
     seconds = time.perf_counter() - t0
     TIMES.parent.mkdir(parents=True, exist_ok=True)
     times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
