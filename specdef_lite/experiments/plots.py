@@ -101,11 +101,12 @@ def slowdown_figure(alphas: Sequence[float], slowdowns: Mapping[str, Sequence], 
         text = [f"{'≥ ' if b else ''}{r:.3g}× ({s.locked.summary()})" for r, b, s in zip(ratio, bound, sds)]
         fig.add_trace(go.Scatter(x=a, y=ratio, mode="lines+markers", name=name, legendgroup=o, text=text,
                                  hovertemplate="α=%{x:.0e}: %{text}<extra>" + name + "</extra>",
-                                 line=dict(color=color), marker=dict(size=8, color=color,
+                                 line=dict(color=color), marker=dict(size=11, color=color,
                                                                      symbol=np.where(bound, "triangle-up-open",
                                                                                      "circle").tolist())))
-    fig.add_hline(y=1.0, line_dash="dot", line_color="grey", annotation_text="not slowed (1×)",
-                  annotation_position="bottom right")
+    fig.add_trace(go.Scatter(x=[a.min(), a.max()], y=[1.0, 1.0], mode="lines+text", text=["", "not slowed (1×) "],
+                             textposition="bottom left", line=dict(color="grey", dash="dot", width=1),
+                             textfont=dict(color="grey"), showlegend=False, hoverinfo="skip"))
     fig.update_xaxes(type="log", title_text="lock strength α", exponentformat="power", dtick=1)
     fig.update_yaxes(type="log", title_text="slowdown, each at its best η (▵: lower bound, never reached τ)",
                      exponentformat="power", range=[-0.3, np.log10(top) + 0.4])
