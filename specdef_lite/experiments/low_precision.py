@@ -13,6 +13,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..deform import specdef
@@ -21,7 +22,7 @@ from ..training import Trace, train
 from .best_response import BestResponse
 from .tuning import LABELS, best_response, closest
 
-__all__ = ["PrecisionRun", "precision_attack"]
+__all__ = ["PrecisionRun", "precision_attack", "share_of_way"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,22 @@ def precision_attack(problem, alpha: float, optimizer: str, dtype: str, *, lrs: 
         changed = sum(int((a != b).sum()) for a, b in zip(after, before))
         moved = changed / sum(b.numel() for b in before)
     return PrecisionRun(float(alpha), optimizer, str(dtype), br, shown, float(moved), task.value(locked))
+
+
+def share_of_way(run: PrecisionRun, reference: PrecisionRun, start: float) -> float:
+    """(ℒ_start − ℒ_run)/(ℒ_start − ℒ_ref): the share of the reference run's way down from ``start`` that ``run`` covered.
+
+    ``start`` is the loss both set out from in exact arithmetic (the released model's float64 loss), so a run in
+    a format that broke the lock does not get credit for repairing its own rounding. NaN if either run has no
+    shown trace or the reference did not go down at all.
+
+    Example:
+        >>> from specdef_lite.experiments.best_response import BestResponse
+        >>> run = lambda final: PrecisionRun(1.0, "sgd", "x", BestResponse("", 0.0, 1, (), None, False),
+        ...                                 Trace(np.array([1.0, final])), 1.0, 1.0)
+        >>> share_of_way(run(0.6), run(0.2), start=1.0)
+        0.5
+    """
+    if run.shown is None or reference.shown is None or not start > reference.shown.final:
+        return float("nan")
+    return (start - run.shown.final) / (start - reference.shown.final)
