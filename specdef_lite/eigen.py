@@ -195,12 +195,12 @@ def power_iteration(op, *, k: int = 1, which: str = "LM", max_iter: int = 1000, 
 
 def top_eigenvalues(loss_fn_or_op, params=None, *, k: int = 1, method: str = "lanczos", which: str = "LM",
                     seed: int = 0, max_iter: int | None = None, tol: float | None = None,
-                    hvp_method: str = "forward-over-reverse") -> EigenResult:
+                    hvp_method: str = "auto") -> EigenResult:
     """λ₁ … λ_k of ∇²ℒ(θ) via Hessian-vector products (or of any operator/matrix when ``params`` is None).
 
     Args:
         loss_fn_or_op: ``loss_fn(params) -> scalar`` with ``params`` given, else an operator or matrix.
-        method: ``"lanczos"`` or ``"power"``; hvp_method: see ``hvp``; the rest as in ``lanczos``.
+        method: ``"lanczos"`` or ``"power"``; hvp_method: see ``HessianOperator``; the rest as in ``lanczos``.
 
     Example:
         >>> A = torch.tensor([[2.0, 1.0], [1.0, -3.0]], dtype=torch.float64)
