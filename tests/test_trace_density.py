@@ -117,10 +117,12 @@ def test_slq_counts_eigenvalues_and_their_multiplicities(gen):
     mult = torch.tensor([10, 20, 40, 25, 5])
     A = rotated(gen, values.repeat_interleave(mult))  # n = 100, five distinct eigenvalues
     d = slq(A, probes=40, steps=20, seed=1)
-    for row_nodes, row_w in zip(d.nodes, d.weights):  # each probe: invariant after 5 steps, exact nodes
-        torch.testing.assert_close(row_nodes[row_w > 0], values, rtol=1e-10, atol=1e-10)
-    share = d.weights[:, :5].mean(0) * 100  # estimated multiplicities
-    stderr = d.weights[:, :5].std(0) * 100 / np.sqrt(40)
+    carrying = d.weights > 1e-12  # past the 5th step a run may continue on rounding noise: copies, split weight
+    nearest = (d.nodes.unsqueeze(-1) - values).abs().argmin(-1)  # (probes, m): which eigenvalue each node is
+    assert ((d.nodes - values[nearest]).abs()[carrying] <= 1e-8).all(), "every node is an eigenvalue"
+    per_value = torch.zeros(40, 5, dtype=F64).scatter_add_(1, nearest, d.weights)  # quadrature weight per eigenvalue
+    share = per_value.mean(0) * 100  # estimated multiplicities
+    stderr = per_value.std(0) * 100 / np.sqrt(40)
     assert ((share - mult).abs() <= 5 * stderr).all(), (share, mult)
     grid = torch.linspace(-20, 30, 20001, dtype=F64)
     assert float(torch.trapezoid(d.density(grid, sigma=0.2), grid)) == pytest.approx(1.0, rel=1e-6)
