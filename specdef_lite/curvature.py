@@ -10,23 +10,25 @@ Vectors are **flat**: v has n = Σᵢ numel(θᵢ) entries in the order of the p
 (``flatten_params`` / ``unflatten_like`` convert). That is what the operators and solvers use.
 
 Routes to H v, all exact to rounding except finite differences. Their cost, in units of one gradient
-(forward + backward) of the same loss, was measured side by side in ``benchmarks/bench_hvp.py`` on a
-71k-parameter tanh CNN / a 2-layer GPT-2 (118k, eager attention) / the locked 946-parameter MLP (float64);
-see benchmarks/RESULTS.md for the run, its CPU and load:
+(forward + backward) of the same loss, was measured side by side by ``benchmarks/bench_hvp.py`` on a
+71k-parameter tanh CNN / a 2-layer GPT-2 (118k, eager attention) / the locked 946-parameter MLP (float64),
+in two runs on a shared 2-core Xeon under load 3–6 (indicative; benchmarks/RESULTS.md has the run):
 
-  * ``"double-backward"``: ``autograd.grad(∇ℒ · v, θ)`` with ``create_graph``: 2.9 / 2.5 / 3.2 gradients.
-  * ``"forward-over-reverse"``: ``jvp(grad(ℒ), θ, v)``: 3.2 / 6.3 / 36 (torch.func's per-op overhead
-    dominates small models). It fails on some losses: ``F.mse_loss`` with mean reduction raises
+  * ``"double-backward"``: ``autograd.grad(∇ℒ · v, θ)`` with ``create_graph``: 2.9–3.8 / 1.0–3.6 / 2.4–3.5.
+  * ``"forward-over-reverse"``: ``jvp(grad(ℒ), θ, v)``: 2.8–3.8 / 2.9–5.5 / 7–17 (torch.func's per-op
+    overhead dominates small models). It fails on some losses: ``F.mse_loss`` with mean reduction raises
     "ZeroTensors are immutable" in torch 2.13.
-  * ``"finite-difference"``: (∇ℒ(θ + εv) − ∇ℒ(θ − εv)) / 2ε, two gradients: 2.2 / 2.1 / 2.3. Truncation
-    error O(ε² ‖∇³ℒ‖) and rounding error O(ε_mach ‖∇ℒ‖ / ε) balance at ε ≈ ε_mach^{1/3}, so the step is
-    ε = ε_mach^{1/3} · max(1, rms(θ)) / rms(v): ≈1e-10 relative error in float64 but only ≈1e-4 in
-    float32 — use float64 when the digits matter.
-  * ``"auto"`` (the default): double-backward, and if the loss has an op without a double-backward
-    rule, forward-over-reverse, then finite differences (with a warning that names the failure).
+  * ``"finite-difference"``: (∇ℒ(θ + εv) − ∇ℒ(θ − εv)) / 2ε, two gradients: 2.2–2.3 / 1.7–2.1 / 2.8–3.2.
+    Truncation error O(ε² ‖∇³ℒ‖) and rounding error O(ε_mach ‖∇ℒ‖ / ε) balance at ε ≈ ε_mach^{1/3}, so
+    the step is ε = ε_mach^{1/3} · max(1, rms(θ)) / rms(v): ≈1e-10 relative error in float64 but only
+    ≈1e-4 in float32 — use float64 when the digits matter.
+  * ``"auto"`` (the default): double-backward — exact, and the cheapest exact route for one product —
+    and if the loss has an op without a double-backward rule, forward-over-reverse, then finite
+    differences (with a warning that names the failure).
 
 Many products at one θ (Lanczos, trace, density) should go through ``HessianOperator``: it builds the
-gradient graph g = ∇ℒ once and then each product is one backward pass through it (1.4 / 1.0 / 1.3).
+gradient graph g = ∇ℒ once (0.9–1.4 gradients) and then each product is one backward pass through it
+(1.8–2.0 / 1.3–1.9 / 1.2–1.5 gradients; hessian-eigenthings' fresh double backward: 3.3 / 2.4 / 2.3).
 
 ``hessian`` forms the dense n×n matrix from that same graph (``torch.func.hessian`` is *not* used: in
 torch 2.13 it returns an asymmetric, wrong H for models with LayerNorm), checks the result for symmetry

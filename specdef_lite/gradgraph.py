@@ -4,9 +4,9 @@ Double backward computes H v in two stages: a first backward pass with ``create_
 gradient g *and* a graph of how g depends on θ; a second backward pass through that graph with the
 vector v as its seed gives ∇(g·v) = H v. The first stage does not depend on v, so a solver that takes
 many products at one θ (Lanczos, Hutchinson, SLQ, the dense Hessian) builds it once and reuses it
-(``retain_graph=True``), as PyHessian does. Measured here (``benchmarks/bench_hvp.py``): building
-the graph costs about 1–2 gradients, every product after that about 1–1.5, against 2.5–3 for a fresh
-double backward per product.
+(``retain_graph=True``), as PyHessian does. Measured here (``benchmarks/bench_hvp.py``, under load):
+building the graph costs about 0.9–1.4 gradients, every product after that 1.2–2.0, against 2.4–3.8 for
+a fresh double backward per product.
 
 The dense Hessian (``dense``) seeds the second stage with many basis vectors at once
 (``is_grads_batched``, i.e. vmap over the backward graph). Batching rules are where torch has been

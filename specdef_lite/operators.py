@@ -125,8 +125,8 @@ class HessianOperator(LinearOperator):
 
     With the double-backward route (``"auto"``'s first choice) the gradient g = ∇ℒ(θ) is built once
     with its graph and every product is one backward pass through it (``GradientGraph``): measured
-    1.0–1.4 gradients a product after a build of 1–2, against 2.5–3.2 for a fresh double backward
-    (``benchmarks/bench_hvp.py``). The graph stays in memory as long as the operator lives
+    1.2–2.0 gradients a product after a build of 0.9–1.4, against 2.4–3.8 for a fresh double backward
+    (``benchmarks/bench_hvp.py``, CNN / GPT-2 / MLP, shared machine under load). The graph stays in memory as long as the operator lives
     (``reuse_graph=False`` rebuilds it for every product instead).
 
     Args:
