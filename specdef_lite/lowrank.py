@@ -9,7 +9,8 @@ span{WΩ, (WWᵀ)WΩ, (WWᵀ)²WΩ, …} is built one block per two passes over 
 orthogonalised against the earlier ones in float64. Rayleigh–Ritz over all blocks so far is free (the
 Z's are the rows of QᵀW), so after each block the top-k Ritz values σ̂ᵢ (lower bounds, rising to σᵢ)
 are known and the run stops when their estimated remaining rise — the last rise times ρ/(1 − ρ), ρ the
-ratio of the last two rises — is below ``tol``·σ̂ᵢ. A matrix with a clear gap stops after two or three
+ratio of the last two rises — is below ``tol``·σ̂ᵢ at two blocks in a row (a single small rise can be a
+plateau before the next direction is found). A matrix with a clear gap stops after two or three
 blocks; a gap-free one (a random Gaussian weight) takes more, and only it pays for them. Subspace
 iteration (``torch.svd_lowrank``, niter = 4) keeps only the last block and left σ₁(W̃)/(ασ₁(W)) at
 0.95–0.97 on gap-free GPT-2-sized Gaussian matrices (TOOLCHAIN.md); the Krylov space keeps them all.
@@ -35,10 +36,23 @@ ROWS = 64  # row block for the float64 work: 64 × 3072 × 8 B = 1.5 MB, cache-r
 
 
 def _orthonormalise(Y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Y (m, q) orthogonalised against the columns of ``basis`` (m, p) twice, then QR-orthonormalised (float64)."""
+    """Y (m, q) orthogonalised against the columns of ``basis`` (m, p) and orthonormalised, float64.
+
+    Project twice, QR, then project and QR once more: where Y had almost nothing left outside the basis,
+    QR blows rounding errors up to unit columns that lean on the basis again, and a basis that is not
+    orthonormal gives Ritz values above the true singular values.
+    """
     for _ in range(2 if basis.shape[1] else 0):
         Y = Y - basis @ (basis.T @ Y)
-    return torch.linalg.qr(Y).Q
+    Q = torch.linalg.qr(Y).Q
+    if basis.shape[1]:
+        Q = torch.linalg.qr(Q - basis @ (basis.T @ Q)).Q
+    return Q
+
+
+def _exact(W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    U, S, _ = torch.linalg.svd(W.to(torch.float64), full_matrices=False)
+    return U[:, :k], S[:k], {"blocks": 0, "passes": 0, "converged": True, "remaining": 0.0}
 
 
 def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int = 10, max_blocks: int = 40,
@@ -47,13 +61,16 @@ def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int 
 
     W with a NaN or inf gives NaN U_k and σ̂ (the caller refuses it). Returns ``(U_k, sigma, info)`` with info = {"blocks", "passes", "converged", "remaining"}: remaining is
     the estimated relative rise left in σ̂ᵢ (max over i ≤ k), the measure of how far σᵢ(W̃)/(ασᵢ(W)) may
-    fall short of 1. An exhausted Krylov space (q·blocks ≥ min(m, n)) is exact: remaining 0.
+    fall short of 1. A matrix too small for three blocks, or one whose Krylov space would fill up before
+    the Ritz values settle, gets the exact float64 SVD instead (blocks 0, remaining 0).
     """
     m, n = W.shape
     q = min(k + oversample, min(m, n))
+    blocks = min(max_blocks, min(m, n) // q - 1)  # stop short of exhausting the space (rounding takes over there)
+    if blocks < 3:  # small: the exact SVD is cheap
+        return _exact(W, k)
     g = torch.Generator().manual_seed(seed)
     omega = torch.randn(n, q, generator=g, dtype=torch.float64).to(device=W.device, dtype=W.dtype)
-    blocks = min(max_blocks, -(-min(m, n) // q))  # ⌈min(m, n)/q⌉ blocks exhaust the space
     Q = torch.empty(m, q * blocks, dtype=torch.float64, device=W.device)  # the left Krylov basis, block by block
     Y = (W @ omega).to(torch.float64)  # (m, q)
     if not torch.isfinite(Y).all():  # a NaN or inf anywhere in W reaches every column: report, do not iterate
@@ -75,19 +92,21 @@ def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int 
         S = lam.flip(0)[:k].clamp_min(0.0).sqrt()
         history.append(S)
         info["blocks"] = b + 1
-        if G.shape[0] >= min(m, n):  # the Krylov space is exhausted: exact
-            info.update(converged=True, remaining=0.0)
-        elif len(history) >= 3:
+        if len(history) >= 3:
             d1, d2 = history[-2] - history[-3], history[-1] - history[-2]  # rises, ≥ 0 up to rounding
             rho = (d2 / d1.clamp_min(torch.finfo(torch.float64).tiny)).clamp(0.0, 1.0)
             left = torch.where(rho < 1.0, d2.clamp_min(0.0) * rho / (1.0 - rho), torch.full_like(d2, math.inf))
+            previous = info["remaining"]
             info["remaining"] = float((left / history[-1].clamp_min(torch.finfo(torch.float64).tiny)).max())
-            info["converged"] = info["remaining"] <= tol
+            # two estimates in a row: one small rise between two large ones is a plateau, not convergence
+            info["converged"] = info["remaining"] <= tol and previous <= tol
         if info["converged"] or b + 1 >= blocks:
             break
         Y = (W @ Zs[-1].to(W.dtype)).to(torch.float64)  # (m, q): the next block, (WWᵀ)Q_b
         info["passes"] += 1
         Q[:, (b + 1) * q:(b + 2) * q] = _orthonormalise(Y, Q[:, :(b + 1) * q])
+    if not info["converged"] and blocks < max_blocks:  # ran into the size of W: take the exact SVD instead
+        return _exact(W, k)
     U_k = Q[:, :G.shape[0]] @ E.flip(1)[:, :k]  # (m, q·b) @ (q·b, k): top-k Ritz vectors
     return torch.linalg.qr(U_k).Q, S, info
 
