@@ -33,12 +33,33 @@ def load() -> str:
         return "unknown"
 
 
+def lapack() -> str:
+    """torch's BLAS and LAPACK as ``torch.__config__.show()`` reports them, e.g. 'torch BLAS mkl, LAPACK mkl
+    (Intel(R) oneAPI Math Kernel Library Version 2024.2), CPU capability AVX512'. SVD and matmul times differ
+    by 20× between CPUs and libraries (TOOLCHAIN.md), so every timing prints this beside it."""
+    import re
+
+    import torch
+
+    cfg = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", cfg)
+    lapack_ = re.search(r"LAPACK_INFO=(\w+)", cfg)
+    lib = re.search(r"- (Intel\(R\) oneAPI Math Kernel Library Version [\d.]+|OpenBLAS[^\n]*)", cfg)
+    cap = re.search(r"CPU capability usage: (\w+)", cfg)
+    parts = [f"torch BLAS {blas.group(1) if blas else '?'}, LAPACK {lapack_.group(1) if lapack_ else '?'}"]
+    if lib:
+        parts[0] += f" ({lib.group(1)})"
+    if cap:
+        parts.append(f"CPU capability {cap.group(1)}")
+    return ", ".join(parts)
+
+
 def machine(threads: int | None = None) -> str:
     import torch
 
     t = threads if threads is not None else torch.get_num_threads()
     return (f"{cpu_model()}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}, "
-            f"{t} thread{'s' if t != 1 else ''}, Python {platform.python_version()}")
+            f"{t} thread{'s' if t != 1 else ''}, Python {platform.python_version()}, {lapack()}")
 
 
 def summary(figure: str, measured: str, target: str, met: bool | None, command: str) -> str:

@@ -7,7 +7,8 @@ run (best of REPEATS) and report products with H (matvecs, Lanczos includes its 
 wall time, and the power/Lanczos ratios.
 
 Problems: a dense Wishart matrix XᵀX/m with a small top gap, and the Hessian of a SpecDef-locked MLP
-reached only through Hessian-vector products (forward-over-reverse), at α = 1 (the undeformed function
+reached only through Hessian-vector products (the default route: double backward on the kept gradient
+graph), at α = 1 (the undeformed function
 with an identity C) and α = 10. SpecDef makes |λ|_max ∝ α² stand far above the rest of the spectrum, so
 at α = 10 the gap is wide and plain power iteration is already as good as Lanczos: Lanczos pays off
 where the gap is small.

@@ -23,6 +23,9 @@ _EXPORTS = {
     "flatten_params": "curvature", "unflatten_like": "curvature", "cross_block": "theorem3",
     "top_eigenvalues": "eigen", "lanczos": "eigen", "power_iteration": "eigen", "EigenResult": "eigen",
     "theorem3_bound": "theorem3", "theorem3_factors": "theorem3", "Theorem3Result": "theorem3",
+    "hessian_trace": "trace", "TraceResult": "trace", "hutchinson": "trace", "hutch_plus_plus": "trace",
+    "spectral_density": "density", "SpectralDensity": "density", "slq": "density",
+    "spectrum_sweep": "spectrum", "SpectrumSweep": "spectrum", "spectrum_figure": "widgets.spectrum",
     # optimisation
     "make_optimizer": "optim", "Newton": "optim", "Sophia": "optim",
     "train": "training", "Trace": "training",

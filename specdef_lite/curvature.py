@@ -3,26 +3,41 @@
 Everything here is functional: a loss is ``loss_fn(params: dict[str, Tensor]) -> scalar`` and nothing
 touches a model's state. ``loss_fn_of`` builds one from a model and a task with
 ``torch.func.functional_call`` on a *snapshot* of the parameters, so the loss is a fixed function of θ
-(a fixed batch) that the eigen-solvers can query many times (STYLE.md §4).
+(a fixed batch) that the eigen-solvers can query many times (STYLE.md §4). The loss must be one number:
+a per-sample loss (shape (N,) or (N, 1)) is refused with a ValueError, since it has N Hessians, not one.
 
 Vectors are **flat**: v has n = Σᵢ numel(θᵢ) entries in the order of the params dict
 (``flatten_params`` / ``unflatten_like`` convert). That is what the operators and solvers use.
 
-Three ways to get H v, all for the same loss:
-  * ``"forward-over-reverse"`` (default): ``jvp(grad(ℒ), θ, v)``, one forward-mode pass through a
-    backward pass; exact to rounding, about the cost of two gradients, no n×n object.
-  * ``"double-backward"``: ``autograd.grad(∇ℒ · v, θ)``; exact too, for code without forward-mode rules.
-  * ``"finite-difference"``: (∇ℒ(θ + εv) − ∇ℒ(θ − εv)) / 2ε, gradients only. Its truncation error is
-    O(ε² ‖∇³ℒ‖) and its rounding error O(ε_mach ‖∇ℒ‖ / ε); they balance at ε ≈ ε_mach^{1/3}, so the step
-    is ε = ε_mach^{1/3} · max(1, rms(θ)) / rms(v): ~6e-6 in float64 (≈1e-10 relative error), ~5e-3 in
-    float32 (≈1e-4 relative error only — use float64 when the digits matter).
+Routes to H v, all exact to rounding except finite differences. Their cost, in units of one gradient
+(forward + backward) of the same loss, was measured side by side by ``benchmarks/bench_hvp.py`` on a
+71k-parameter tanh CNN / a 2-layer GPT-2 (118k, eager attention) / the locked 946-parameter MLP (float64),
+in two runs on a shared 2-core Xeon under load 3–6 (indicative; benchmarks/RESULTS.md has the run):
 
-``hessian`` forms the dense n×n matrix with ``torch.func.hessian``; it is the reference the tests compare
-against, and it refuses past ``max_params`` because n² grows fast (10⁵ parameters → 80 GB in float64).
+  * ``"double-backward"``: ``autograd.grad(∇ℒ · v, θ)`` with ``create_graph``: 2.9–3.8 / 1.0–3.6 / 2.4–3.5.
+  * ``"forward-over-reverse"``: ``jvp(grad(ℒ), θ, v)``: 2.8–3.8 / 2.9–5.5 / 7–17 (torch.func's per-op
+    overhead dominates small models). It fails on some losses: ``F.mse_loss`` with mean reduction raises
+    "ZeroTensors are immutable" in torch 2.13.
+  * ``"finite-difference"``: (∇ℒ(θ + εv) − ∇ℒ(θ − εv)) / 2ε, two gradients: 2.2–2.3 / 1.7–2.1 / 2.8–3.2.
+    Truncation error O(ε² ‖∇³ℒ‖) and rounding error O(ε_mach ‖∇ℒ‖ / ε) balance at ε ≈ ε_mach^{1/3}, so
+    the step is ε = ε_mach^{1/3} · max(1, rms(θ)) / rms(v): ≈1e-10 relative error in float64 but only
+    ≈1e-4 in float32 — use float64 when the digits matter.
+  * ``"auto"`` (the default): double-backward — exact, and the cheapest exact route for one product —
+    and if the loss has an op without a double-backward rule, forward-over-reverse, then finite
+    differences (with a warning that names the failure).
+
+Many products at one θ (Lanczos, trace, density) should go through ``HessianOperator``: it builds the
+gradient graph g = ∇ℒ once (0.9–1.4 gradients) and then each product is one backward pass through it
+(1.8–2.0 / 1.3–1.9 / 1.2–1.5 gradients; hessian-eigenthings' fresh double backward: 3.3 / 2.4 / 2.3).
+
+``hessian`` forms the dense n×n matrix from that same graph (``torch.func.hessian`` is *not* used: in
+torch 2.13 it returns an asymmetric, wrong H for models with LayerNorm), checks the result for symmetry
+and against one plain product, and refuses past ``max_params`` (10⁵ parameters → 80 GB in float64).
 """
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Union
 
@@ -30,10 +45,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
+from .gradgraph import GradientGraph, as_scalar_loss
+
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 Params = dict[str, torch.Tensor]
 Pattern = Union[None, str, Iterable[str]]
-HVP_METHODS = ("forward-over-reverse", "double-backward", "finite-difference")
+HVP_METHODS = ("auto", "double-backward", "forward-over-reverse", "finite-difference")
+FALLBACK = ("double-backward", "forward-over-reverse", "finite-difference")  # the order "auto" tries
+ROUTE_ERRORS = (RuntimeError, NotImplementedError)  # what "auto" falls back on (never a ValueError)
 
 __all__ = ["hvp", "hessian", "loss_fn_of", "select_params", "flatten_params", "unflatten_like", "HVP_METHODS"]
 
@@ -133,52 +152,91 @@ def _fd_step(params: Params, v: torch.Tensor) -> float:
     return eps * max(1.0, rms(theta)) / max(rms(v), torch.finfo(theta.dtype).tiny)
 
 
-def hvp(loss_fn: LossFn, params: Params, v: torch.Tensor, *, method: str = "forward-over-reverse",
+def _gradient(loss_fn: LossFn, params: Params) -> torch.Tensor:
+    """∇ℒ(θ), flat (n,), by one plain backward pass (no graph kept)."""
+    leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
+    with torch.enable_grad():
+        loss = as_scalar_loss(loss_fn(leaves))
+        if not loss.requires_grad:
+            return torch.zeros(sum(t.numel() for t in params.values()), dtype=loss.dtype, device=loss.device)
+        g = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
+    return torch.cat([gi.reshape(-1) for gi in g])  # θᵢ.shape -> (numel,), then (n,)
+
+
+def _route(loss_fn: LossFn, params: Params, v: torch.Tensor, method: str, eps: float | None) -> torch.Tensor:
+    vs = unflatten_like(v, params)
+    if method == "double-backward":
+        return GradientGraph(loss_fn, params).hvp(v)
+    if method == "forward-over-reverse":
+        _, Hv = jvp(grad(lambda p: as_scalar_loss(loss_fn(p))), (params,), (vs,))
+        return flatten_params(Hv).detach()
+    if method == "finite-difference":
+        h = _fd_step(params, v) if eps is None else float(eps)
+        g_plus = _gradient(loss_fn, {n: t + h * vs[n] for n, t in params.items()})
+        g_minus = _gradient(loss_fn, {n: t - h * vs[n] for n, t in params.items()})
+        return (g_plus - g_minus) / (2 * h)
+    raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
+
+
+def warn_fallback(method: str, error: Exception, next_method: str) -> None:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    warnings.warn(f"Hessian-vector product: route {method!r} failed on this loss ({first[:160]}); "
+                  f"falling back to {next_method!r}", RuntimeWarning, stacklevel=3)
+
+
+def hvp(loss_fn: LossFn, params: Params, v: torch.Tensor, *, method: str = "auto",
         eps: float | None = None) -> torch.Tensor:
     """H v = ∇(∇ℒ(θ) · v) at θ = ``params``; v and the result are flat (n,) vectors in dict order.
 
     Args:
-        method: ``"forward-over-reverse"``, ``"double-backward"`` or ``"finite-difference"`` (module docs).
+        method: ``"auto"`` (double-backward, falling back to forward-over-reverse, then finite
+            differences when a route raises), or one route by name (module docs: cost and accuracy).
+            An explicit route that fails raises, naming ``"auto"``.
         eps: finite-difference step ε (default ε_mach^{1/3}·max(1, rms θ)/rms v); ignored otherwise.
+
+    For several products at the same θ use ``HessianOperator``: it keeps the gradient graph.
 
     Example:
         >>> d = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
         >>> loss_fn = lambda p: 0.5 * (d * p["x"] ** 2).sum()  # H = diag(d)
         >>> x = {"x": torch.ones(3, dtype=torch.float64)}
         >>> v = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
-        >>> [hvp(loss_fn, x, v, method=m).tolist() for m in ("forward-over-reverse", "double-backward")]
-        [[1.0, -2.0, 3.0], [1.0, -2.0, 3.0]]
+        >>> [hvp(loss_fn, x, v, method=m).tolist() for m in ("auto", "forward-over-reverse", "double-backward")]
+        [[1.0, -2.0, 3.0], [1.0, -2.0, 3.0], [1.0, -2.0, 3.0]]
         >>> [round(t, 6) for t in hvp(loss_fn, x, v, method="finite-difference").tolist()]
         [1.0, -2.0, 3.0]
     """
+    if method not in HVP_METHODS:
+        raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
     params = dict(params)
-    vs = unflatten_like(v.to(dtype=next(iter(params.values())).dtype), params)
-    if method == "forward-over-reverse":
-        _, Hv = jvp(grad(loss_fn), (params,), (vs,))
-        return flatten_params(Hv).detach()
-    if method == "double-backward":
-        leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
-        with torch.enable_grad():
-            g = torch.autograd.grad(loss_fn(leaves), list(leaves.values()), create_graph=True,
-                                    allow_unused=True, materialize_grads=True)
-            gv = sum((gi * vi).sum() for gi, vi in zip(g, vs.values()))
-            if not gv.requires_grad:  # ℒ is at most linear in θ: H = 0
-                return torch.zeros_like(v, dtype=gv.dtype)
-            Hv = torch.autograd.grad(gv, list(leaves.values()), allow_unused=True, materialize_grads=True)
-        return torch.cat([h.reshape(-1) for h in Hv]).detach()  # θᵢ.shape -> (numel,), then (n,)
-    if method == "finite-difference":
-        h = _fd_step(params, v) if eps is None else float(eps)
-        g_plus = grad(loss_fn)({n: t + h * vs[n] for n, t in params.items()})
-        g_minus = grad(loss_fn)({n: t - h * vs[n] for n, t in params.items()})
-        return ((flatten_params(g_plus) - flatten_params(g_minus)) / (2 * h)).detach()
-    raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
+    v = v.to(dtype=next(iter(params.values())).dtype)
+    if method != "auto":
+        try:
+            return _route(loss_fn, params, v, method, eps)
+        except ROUTE_ERRORS as e:
+            raise type(e)(f"{e}\n(HVP route {method!r} failed on this loss; method='auto' falls back to "
+                          f"another route automatically)") from e
+    for i, route in enumerate(FALLBACK):
+        try:
+            return _route(loss_fn, params, v, route, eps)
+        except ROUTE_ERRORS as e:
+            if i + 1 == len(FALLBACK):
+                raise
+            warn_fallback(route, e, FALLBACK[i + 1])
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def hessian(loss_fn: LossFn, params: Params, max_params: int = 4000) -> torch.Tensor:
     """H = ∇²ℒ(θ), dense (n, n) in the dtype of ``params``, rows/columns in flat dict order.
 
-    Raises ValueError when n > ``max_params``: the dense route costs n² memory; use
-    ``top_eigenvalues(loss_fn, params)`` (HVPs, O(n) memory) or select fewer parameters.
+    Built column by column from the gradient graph (H eⱼ by double backward, batched with
+    ``is_grads_batched``), then verified: ‖H − Hᵀ‖ ≤ √ε_mach ‖H‖ and H v equal to one unbatched product for
+    a random v. If the batched route fails either check (or raises), the columns are recomputed one
+    backward pass each and checked again; a Hessian that still fails raises RuntimeError.
+
+    Raises ValueError when n > ``max_params`` (the dense route costs n² memory; use
+    ``top_eigenvalues(loss_fn, params)`` — HVPs, O(n) memory — or select fewer parameters), and when the
+    loss is not a single number.
 
     Example:
         >>> A = torch.tensor([[2.0, 1.0], [1.0, -3.0]], dtype=torch.float64)
@@ -195,5 +253,4 @@ def hessian(loss_fn: LossFn, params: Params, max_params: int = 4000) -> torch.Te
             f"dense Hessian of n = {n:,} parameters needs n² = {n * n:,} entries = {gb:.2f} GB in {flat.dtype} "
             f"(max_params={max_params:,}); use top_eigenvalues(loss_fn, params) for its spectrum via "
             f"Hessian-vector products, or select fewer parameters (select_params / loss_fn_of(..., params=...))")
-    H = torch.func.hessian(lambda w: loss_fn(unflatten_like(w, params)))(flat)
-    return H.detach()
+    return GradientGraph(loss_fn, params).dense()

@@ -11,6 +11,11 @@ iterations, converged, matvecs):
   eigenvalue appear and multiplicities become wrong. We orthogonalise every new vector against the whole
   basis, twice ("twice is enough", Kahan–Parlett). That costs O(n m) per step and n·m memory; our m is
   small (default ≤ 100) and each product is a Hessian-vector product, which costs far more anyway.
+  **Invariant subspaces and repeated eigenvalues.** A Krylov space holds one direction per distinct
+  eigenvalue, so when it becomes invariant (β ≈ 0) the run restarts from a random vector orthogonal to Q
+  and goes on until a restart can no longer change the top k: a repeated eigenvalue is then reported
+  with its multiplicity. A multiplicity hidden inside a Krylov space that never becomes invariant cannot
+  be seen by any single-vector Krylov method (ARPACK's included).
 * ``power_iteration`` repeats v ← Hv/‖Hv‖; it converges like (|λ₂|/|λ₁|)ᵗ. For k > 1 it deflates by
   projecting out the vectors already found. It finds the largest *magnitude* eigenvalue; for the
   largest (or smallest) *algebraic* one it shifts, H + ρI with ρ = |λ|_max ≥ every |λ|.
@@ -68,17 +73,38 @@ def _random_unit(n: int, g: torch.Generator, op: LinearOperator, basis: torch.Te
 
 
 def _eigh_tridiagonal(diag: list[float], offdiag: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """eigh of the small (m, m) tridiagonal T in float64, through NumPy.
+    """eigh of the small (m, m) tridiagonal T in float64, on one thread.
 
-    On a busy machine torch's threaded eigh paid ~50 ms of thread barriers per call at m ≈ 40
-    (measured on a shared 2-core CPU); NumPy's LAPACK call on a matrix this small costs microseconds
-    and needs no change to torch's global thread count.
+    This runs once per Lanczos step. Threaded LAPACK on a matrix this small only spins: measured on a
+    shared 2-core CPU (load ≈ 7), NumPy's OpenBLAS eigh took 36 ms at m = 150 and 400 ms at m = 300,
+    against 2–5 ms and 9–17 ms on one thread. torch's thread count is restored at once (≈ 0.2 µs).
     """
-    a = np.asarray(diag, dtype=np.float64)
-    b = np.asarray(offdiag, dtype=np.float64)
-    T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)  # (m, m)
-    w, S = np.linalg.eigh(T)
-    return torch.from_numpy(w), torch.from_numpy(S)
+    T = torch.diag(torch.tensor(diag, dtype=torch.float64))
+    if offdiag:
+        b = torch.tensor(offdiag, dtype=torch.float64)
+        T = T + torch.diag(b, 1) + torch.diag(b, -1)  # (m, m)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(T)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _block_can_add(diag: list[float], offdiag: list[float], block: int, k: int, which: str, slack: float) -> bool:
+    """After an invariant run: could a further restart still change the top-k?
+
+    A run started from a random vector orthogonal to the earlier runs has a component in every eigenspace
+    of H on their complement, so when it becomes invariant its Ritz values are *all* the distinct
+    eigenvalues left there; each later run finds a subset of them. If none of this run's values beats
+    the k-th wanted value of the earlier runs, nothing can (a tie adds a copy that changes no value).
+    """
+    if block == 0:
+        return True
+    key = {"LM": np.abs, "LA": lambda x: x, "SA": lambda x: -x}[which]
+    earlier = np.sort(key(_eigh_tridiagonal(diag[:block], offdiag[:block - 1])[0].numpy()))[::-1]
+    current = key(_eigh_tridiagonal(diag[block:], offdiag[block:])[0].numpy())
+    return len(earlier) < k or bool(current.max() > earlier[k - 1] + slack)
 
 
 def lanczos(op, *, k: int = 1, which: str = "LM", max_iter: int | None = None, tol: float | None = None,
@@ -108,7 +134,7 @@ def lanczos(op, *, k: int = 1, which: str = "LM", max_iter: int | None = None, t
     g = torch.Generator().manual_seed(seed)
     Q = torch.zeros(m_max, n, dtype=op.dtype, device=op.device)  # rows q_j
     diag, offdiag = [], []  # T's α_j and β_j
-    q, matvecs, converged = _random_unit(n, g, op), 0, False
+    q, matvecs, converged, block = _random_unit(n, g, op), 0, False, 0  # block: where the current Krylov run began
     for j in range(m_max):
         Q[j] = q
         w = op.matvec(q)
@@ -121,14 +147,21 @@ def lanczos(op, *, k: int = 1, which: str = "LM", max_iter: int | None = None, t
         theta, S = _eigh_tridiagonal(diag, offdiag)  # Ritz values, T's eigenvectors (j+1, j+1)
         idx = _order(theta, which)[:k]
         scale = float(theta.abs().max())
-        if j + 1 >= k and bool((beta * S[-1, idx].abs() <= tol * scale).all()):
-            converged = True  # ‖H Q s − θ Q s‖ = β_m |s_m|: the Lanczos residual, for free
-            break
+        invariant = beta <= 100 * eps * max(scale, eps)  # span(Q) is invariant under H: Ritz pairs are exact
+        if j + 1 >= k:
+            # after a restart only an invariant run is conclusive: a run that found another copy of a
+            # wanted value may not have found the last one
+            if not invariant and block == 0 and bool((beta * S[-1, idx].abs() <= tol * scale).all()):
+                converged = True  # ‖H Q s − θ Q s‖ = β_m |s_m|: the Lanczos residual, for free
+                break
+            if invariant and (j + 1 == n or not _block_can_add(diag, offdiag, block, k, which, tol * scale)):
+                converged = True
+                break
         if j + 1 == m_max:
             break
-        if beta <= 100 * eps * max(scale, eps):  # invariant subspace: restart orthogonal to Q
+        if invariant:  # restart orthogonal to Q: the complement may hold more copies or wanted values
             offdiag.append(0.0)
-            q = _random_unit(n, g, op, Q[: j + 1])
+            q, block = _random_unit(n, g, op, Q[: j + 1]), j + 1
         else:
             offdiag.append(beta)
             q = w / beta
@@ -195,12 +228,12 @@ def power_iteration(op, *, k: int = 1, which: str = "LM", max_iter: int = 1000, 
 
 def top_eigenvalues(loss_fn_or_op, params=None, *, k: int = 1, method: str = "lanczos", which: str = "LM",
                     seed: int = 0, max_iter: int | None = None, tol: float | None = None,
-                    hvp_method: str = "forward-over-reverse") -> EigenResult:
+                    hvp_method: str = "auto") -> EigenResult:
     """λ₁ … λ_k of ∇²ℒ(θ) via Hessian-vector products (or of any operator/matrix when ``params`` is None).
 
     Args:
         loss_fn_or_op: ``loss_fn(params) -> scalar`` with ``params`` given, else an operator or matrix.
-        method: ``"lanczos"`` or ``"power"``; hvp_method: see ``hvp``; the rest as in ``lanczos``.
+        method: ``"lanczos"`` or ``"power"``; hvp_method: see ``HessianOperator``; the rest as in ``lanczos``.
 
     Example:
         >>> A = torch.tensor([[2.0, 1.0], [1.0, -3.0]], dtype=torch.float64)

@@ -1,0 +1,143 @@
+"""U_k of W by block Krylov, and (W̃, C) = ((I + (α−1)P)W, I − (1 − 1/α)P), P = U_kU_kᵀ, built in row blocks.
+
+SpecDef needs only W's top-k left singular vectors U_k: C·W̃ = W holds exactly for any orthonormal U_k,
+and σᵢ(W̃) = α σᵢ(W) (i ≤ k) holds as far as U_k is accurate. Large weights (GPT-2's 768×3072) get them
+here, not from a full SVD.
+
+**Block Krylov, stopped by the spectrum.** From a random block Ω (n × q, q = k + 10) the left Krylov space
+span{WΩ, (WWᵀ)WΩ, (WWᵀ)²WΩ, …} is built one block per two passes over W (Z = WᵀQ_b, then WZ), every block
+orthogonalised against the earlier ones in float64. Rayleigh–Ritz over all blocks so far is free (the
+Z's are the rows of QᵀW), so after each block the top-k Ritz values σ̂ᵢ (lower bounds, rising to σᵢ)
+are known and the run stops when their estimated remaining rise — the last rise times ρ/(1 − ρ), ρ the
+ratio of the last two rises — is below ``tol``·σ̂ᵢ at two blocks in a row (a single small rise can be a
+plateau before the next direction is found). A matrix with a clear gap stops after two or three
+blocks; a gap-free one (a random Gaussian weight) takes more, and only it pays for them. Subspace
+iteration (``torch.svd_lowrank``, niter = 4) keeps only the last block and left σ₁(W̃)/(ασ₁(W)) at
+0.95–0.97 on gap-free GPT-2-sized Gaussian matrices (TOOLCHAIN.md); the Krylov space keeps them all.
+
+**Passes over W in its own dtype.** The Krylov products run in W's dtype (float32 passes read half the
+bytes); only U_k's orthogonalisation and the Ritz problem are float64. U_k from float32 products is
+accurate to ~1e-6 — far inside the promise — and exactness does not depend on it: X = U_kᵀW is then
+formed in float64 from W itself.
+
+**No full-size temporaries.** W̃ = W + (α − 1)U_k X and C = I − (1 − 1/α)U_kU_kᵀ are computed in float64
+a block of rows at a time and written once into the output dtype (one rounding per entry): no float64
+copy of W, no identity matrix, no float64 C (3072² entries = 75 MB each for GPT-2's c_fc).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["top_k_krylov", "deformed_pair"]
+
+ROWS = 64  # row block for the float64 work: 64 × 3072 × 8 B = 1.5 MB, cache-resident
+
+
+def _orthonormalise(Y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Y (m, q) orthogonalised against the columns of ``basis`` (m, p) and orthonormalised, float64.
+
+    Project twice, QR, then project and QR once more: where Y had almost nothing left outside the basis,
+    QR blows rounding errors up to unit columns that lean on the basis again, and a basis that is not
+    orthonormal gives Ritz values above the true singular values.
+    """
+    for _ in range(2 if basis.shape[1] else 0):
+        Y = Y - basis @ (basis.T @ Y)
+    Q = torch.linalg.qr(Y).Q
+    if basis.shape[1]:
+        Q = torch.linalg.qr(Q - basis @ (basis.T @ Q)).Q
+    return Q
+
+
+def _exact(W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    U, S, _ = torch.linalg.svd(W.to(torch.float64), full_matrices=False)
+    return U[:, :k], S[:k], {"blocks": 0, "passes": 0, "converged": True, "remaining": 0.0}
+
+
+def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int = 10, max_blocks: int = 40,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """U_k (m×k, float64, orthonormal) and σ̂ (k,) of W (m×n) by block Krylov; ``info`` says how it stopped.
+
+    W with a NaN or inf gives NaN U_k and σ̂ (the caller refuses it). Returns ``(U_k, sigma, info)`` with info = {"blocks", "passes", "converged", "remaining"}: remaining is
+    the estimated relative rise left in σ̂ᵢ (max over i ≤ k), the measure of how far σᵢ(W̃)/(ασᵢ(W)) may
+    fall short of 1. A matrix too small for three blocks, or one whose Krylov space would fill up before
+    the Ritz values settle, gets the exact float64 SVD instead (blocks 0, remaining 0).
+    """
+    m, n = W.shape
+    q = min(k + oversample, min(m, n))
+    blocks = min(max_blocks, min(m, n) // q - 1)  # stop short of exhausting the space (rounding takes over there)
+    if blocks < 3:  # small: the exact SVD is cheap
+        return _exact(W, k)
+    g = torch.Generator().manual_seed(seed)
+    omega = torch.randn(n, q, generator=g, dtype=torch.float64).to(device=W.device, dtype=W.dtype)
+    Q = torch.empty(m, q * blocks, dtype=torch.float64, device=W.device)  # the left Krylov basis, block by block
+    Y = (W @ omega).to(torch.float64)  # (m, q)
+    if not torch.isfinite(Y).all():  # a NaN or inf anywhere in W reaches every column: report, do not iterate
+        nan = torch.full((k,), float("nan"), dtype=torch.float64, device=W.device)
+        return torch.full((m, k), float("nan"), dtype=torch.float64, device=W.device), nan, {
+            "blocks": 0, "passes": 1, "converged": False, "remaining": float("nan")}
+    Q[:, :q] = _orthonormalise(Y, Q[:, :0])
+    Zs: list[torch.Tensor] = []  # Z_b = (Q_bᵀW)ᵀ, (n, q): the columns of (QᵀW)ᵀ
+    G = torch.zeros(0, 0, dtype=torch.float64, device=W.device)  # Gram (QᵀW)(QᵀW)ᵀ, grown by blocks
+    history: list[torch.Tensor] = []
+    info = {"blocks": 0, "passes": 1, "converged": False, "remaining": float("inf")}
+    while True:
+        b = len(Zs)
+        Zs.append((Q[:, b * q:(b + 1) * q].T.to(W.dtype) @ W).T.to(torch.float64))  # (n, q); QᵀW is the fast layout
+        info["passes"] += 1
+        cross = torch.cat(Zs, dim=1).T @ Zs[-1]  # (q·(b+1), q): the new Gram columns
+        G = torch.cat([torch.cat([G, cross[:-q].T], dim=0), cross], dim=1) if b else cross
+        lam, E = torch.linalg.eigh(G)  # ascending; σ̂ = √λ: Ritz values of W on span(Q)
+        S = lam.flip(0)[:k].clamp_min(0.0).sqrt()
+        history.append(S)
+        info["blocks"] = b + 1
+        if len(history) >= 3:
+            d1, d2 = history[-2] - history[-3], history[-1] - history[-2]  # rises, ≥ 0 up to rounding
+            rho = (d2 / d1.clamp_min(torch.finfo(torch.float64).tiny)).clamp(0.0, 1.0)
+            left = torch.where(rho < 1.0, d2.clamp_min(0.0) * rho / (1.0 - rho), torch.full_like(d2, math.inf))
+            previous = info["remaining"]
+            info["remaining"] = float((left / history[-1].clamp_min(torch.finfo(torch.float64).tiny)).max())
+            # two estimates in a row: one small rise between two large ones is a plateau, not convergence
+            info["converged"] = info["remaining"] <= tol and previous <= tol
+        if info["converged"] or b + 1 >= blocks:
+            break
+        Y = (W @ Zs[-1].to(W.dtype)).to(torch.float64)  # (m, q): the next block, (WWᵀ)Q_b
+        info["passes"] += 1
+        Q[:, (b + 1) * q:(b + 2) * q] = _orthonormalise(Y, Q[:, :(b + 1) * q])
+    if not info["converged"] and blocks < max_blocks:  # ran into the size of W: take the exact SVD instead
+        return _exact(W, k)
+    U_k = Q[:, :G.shape[0]] @ E.flip(1)[:, :k]  # (m, q·b) @ (q·b, k): top-k Ritz vectors
+    return torch.linalg.qr(U_k).Q, S, info
+
+
+def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W̃, C) in ``dtype``: W̃ = W + (α − 1)U_k(U_kᵀW), C = I − (1 − 1/α)U_kU_kᵀ, float64 math by row blocks.
+
+    Two passes over W (X = U_kᵀW in float64, then W̃), one over C; the only float64 temporaries are
+    ``ROWS`` rows long.
+    """
+    m, n = W.shape
+    U = U_k.to(device=W.device, dtype=torch.float64)  # (m, k)
+    buf = torch.empty(min(ROWS, m), n, dtype=torch.float64, device=W.device)  # rows of W / W̃
+    cbuf = torch.empty(min(ROWS, m), m, dtype=torch.float64, device=W.device)  # rows of C
+    X = torch.zeros(U.shape[1], n, dtype=torch.float64, device=W.device)  # U_kᵀW, (k, n)
+    for r0 in range(0, m, ROWS):
+        r1 = min(r0 + ROWS, m)
+        rows = buf[: r1 - r0]
+        rows.copy_(W[r0:r1])  # W's rows in float64
+        X.addmm_(U[r0:r1].T, rows)
+    W_tilde = torch.empty(m, n, dtype=dtype, device=W.device)
+    C = torch.empty(m, m, dtype=dtype, device=W.device)
+    c = 1.0 - 1.0 / alpha
+    for r0 in range(0, m, ROWS):
+        r1 = min(r0 + ROWS, m)
+        rows = buf[: r1 - r0]
+        rows.copy_(W[r0:r1])
+        rows.addmm_(U[r0:r1], X, alpha=alpha - 1.0)  # W + (α − 1)U_k X, these rows
+        W_tilde[r0:r1].copy_(rows)
+        block = cbuf[: r1 - r0]
+        torch.mm(U[r0:r1] * -c, U.T, out=block)  # −c·U_kU_kᵀ, these rows
+        block.diagonal(offset=r0).add_(1.0)  # I − c·U_kU_kᵀ without forming I
+        C[r0:r1].copy_(block)
+    return W_tilde, C
