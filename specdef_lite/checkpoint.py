@@ -6,7 +6,8 @@ built in a temporary sibling ``.<name>.tmp-<pid>-<n>`` on the same file system a
 (Linux: one ``renameat2(RENAME_EXCHANGE)``, so the target name always holds a complete folder; elsewhere two
 renames, with the old copy kept as ``.<name>.old-<pid>-<n>`` until the new one is in place). A kill at any
 moment leaves either the previous output or the new one, plus at most a temporary sibling that the next write
-removes. Files of the old folder that a save does not write (notes, a README) are carried over; stale model
+removes (and, without the exchange, a kill between the two renames leaves the old copy that ``recover`` — called
+by the next write and by ``llm.load`` — renames back). Files of the old folder that a save does not write (notes, a README) are carried over; stale model
 files are not.
 
 Reading is checked the same way: ``safetensors_header`` compares the file size with what its header promises (a
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["safetensors_header", "read_json", "atomic_folder", "atomic_file", "fault_point", "check_locked_folder",
-           "MODEL_FILES"]
+           "recover", "MODEL_FILES"]
 
 _counter = itertools.count()
 #: name prefixes/suffixes of the files a model save writes; an old folder's copies are replaced, not carried over
@@ -101,12 +102,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_leftovers(target: Path) -> None:
-    """Delete temp/old siblings of ``target`` left by writers that were killed (their process is gone)."""
+def _leftovers(target: Path) -> list[tuple[str, Path]]:
+    """(kind, path) of the temp/old siblings of ``target`` whose writer was killed (its process is gone)."""
+    out = []
     for p in target.parent.glob(f".{glob.escape(target.name)}.*-*-*"):
         kind_pid = p.name[len(target.name) + 2:].split("-")
         if len(kind_pid) == 3 and kind_pid[0] in ("tmp", "old") and kind_pid[1].isdigit() and not _alive(int(kind_pid[1])):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            out.append((kind_pid[0], p))
+    return out
+
+
+def recover(target: str | os.PathLike) -> bool:
+    """Put back the previous output of a save killed between its two renames (only where the atomic exchange is
+    unavailable): ``target`` is missing and ``.<name>.old-<pid>-<n>`` of a dead writer holds it. True if done."""
+    target = Path(target).expanduser()
+    if target.exists() or not target.parent.is_dir():
+        return False
+    olds = sorted((p for kind, p in _leftovers(target) if kind == "old"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    os.rename(olds[-1], target)
+    return True
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete temp/old siblings of ``target`` left by writers that were killed (after ``recover``)."""
+    recover(target)
+    for _, p in _leftovers(target):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:

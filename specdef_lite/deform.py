@@ -96,6 +96,10 @@ class SpecDefLinear(nn.Module):
                 + ("" if self.compute_dtype is None else f", compute_dtype={self.compute_dtype}"))
 
 
+def _check_alpha_k(alpha: float, k: int) -> None:
+    check_alpha_k(alpha, k)  # kept for callers of the old name (e.g. llm_stream)
+
+
 def _resolve_targets(model: nn.Module, targets: Targets) -> list[str]:
     return resolve_targets(model, targets, deformed=SpecDefLinear)
 

