@@ -195,7 +195,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, already printed) or --help: its status, as a return value
+        return e.code if isinstance(e.code, int) else 2
     # one line per error: the hub's retry warnings and transformers' load reports are not for the shell
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -236,9 +239,13 @@ def _lock(args) -> None:
     if llm.deformed_layers(model):
         raise ValueError(f"{args.model} is already locked; fuse it first")
     cd = getattr(torch, args.compute_dtype) if args.compute_dtype else None
-    locked = llm.lock(model, args.alpha, args.k, args.targets, blocks=args.blocks, kinds=args.kinds,
-                      method=args.method, compute_dtype=cd, max_error=args.max_error,
-                      max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9))
+    try:
+        locked = llm.lock(model, args.alpha, args.k, args.targets, blocks=args.blocks, kinds=args.kinds,
+                          method=args.method, compute_dtype=cd, max_error=args.max_error,
+                          max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9))
+    except ValueError as e:  # the library names its keywords; the shell user needs the flags
+        text = str(e).replace("compute_dtype=torch.", "--compute-dtype ").replace("max_error=None", "--max-error none")
+        raise ValueError(text.replace("raise max_bytes", "raise --max-gb").replace("max_error=", "--max-error ")) from None
     names = llm.deformed_layers(locked)
     print(f"locked {len(names)} layers at alpha={args.alpha:g}, k={args.k}: {', '.join(names)}")
     if args.check:

@@ -75,7 +75,8 @@ def as_number(answer) -> float | None:
     if answer is None or answer is ... or isinstance(answer, bool):
         return None
     try:
-        if hasattr(answer, "numel") and answer.numel() != 1 or getattr(answer, "size", 1) != 1:
+        n = answer.numel() if callable(getattr(answer, "numel", None)) else getattr(answer, "size", 1)  # torch / numpy
+        if n != 1:
             return None
         return float(answer.item() if hasattr(answer, "item") else answer)
     except (TypeError, ValueError, RuntimeError, AttributeError):
