@@ -213,6 +213,10 @@ def test_paths_devices_and_tokenizers_get_clear_answers(tmp_path):
     tiny().save_pretrained(plain)
     model, tok = llm.load(plain, dtype="float64")
     assert tok is None and model.dtype == torch.float64  # no tokenizer files: None, as documented
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=24, n_layer=2,
+                                                         n_head=4)).save_pretrained(gpt2)
+    assert llm.load(gpt2)[1] is None  # transformers alone builds a 1-token GPT2Tokenizer here
 
 
 def test_nan_logits_are_never_reported_as_no_change():
@@ -230,7 +234,7 @@ def test_nan_logits_are_never_reported_as_no_change():
 
 
 def test_lm_head_of_a_real_vocabulary_is_refused_before_allocating():
-    model = tiny(vocab=49152, hidden=16, layers=1)
+    model = tiny(vocab=49152, hidden=16, layers=1).to("meta")  # meta: even a missing guard allocates nothing
     with pytest.raises(ValueError, match=r"locking 'lm_head' builds its compensation C of 49,152×49,152 = 19.3 GB "
                                          r"in float64.*leave 'lm_head' out of targets"):
         llm.lock(model, 10.0, 1, targets="lm_head")
