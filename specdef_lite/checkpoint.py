@@ -22,6 +22,7 @@ import ctypes
 import glob
 import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -29,8 +30,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["safetensors_header", "read_json", "atomic_folder", "atomic_file", "fault_point", "check_locked_folder",
-           "recover", "MODEL_FILES"]
+__all__ = ["safetensors_header", "read_json", "atomic_folder", "atomic_file", "strict_json", "fault_point",
+           "check_locked_folder", "recover", "MODEL_FILES"]
 
 _counter = itertools.count()
 #: name prefixes/suffixes of the files a model save writes; an old folder's copies are replaced, not carried over
@@ -192,6 +193,17 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def strict_json(obj):
+    """A copy that strict JSON can hold: NaN and ±inf (a diverged run's loss) become None (null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def atomic_file(target: str | os.PathLike, text: str) -> Path:

@@ -4,16 +4,15 @@ Every command takes a model as a Hugging Face name, a local folder, or ``default
 SmolLM2-135M-Instruct, converted once into the user cache). Locked checkpoints are folders written by
 ``specdef_lite.llm.save``: config.json + model.safetensors (W̃ and C of each pair) + specdef.json.
 
-A user's mistake (a bad value, a missing or damaged folder, a device this machine lacks) gets one line on
-stderr and exit status 2, never a traceback; every output is written beside its target and renamed into
-place, so an interrupted command leaves the previous output as it was.
+A user's mistake gets one line on stderr and exit status 2, never a traceback; outputs are written beside
+their target and renamed into place, so an interrupted command leaves the previous output as it was.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,9 +47,6 @@ def _number(kind: str, *, positive: bool = True, integer: bool = False, allow_ze
         from .guards import real_number
         try:
             value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind}, got {text!r}") from None
-        try:
             return real_number("value", value, positive=positive, integer=integer, allow_zero=allow_zero)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind}, got {text!r}") from None
@@ -62,11 +58,11 @@ _POS_FLOAT = _number("positive finite number")
 _POS_INT = _number("positive whole number", integer=True)
 _COUNT = _number("whole number >= 0", integer=True, allow_zero=True)
 _FLOAT = _number("finite number", positive=False)
+_BLOCK = _number("whole number", positive=False, integer=True)
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 
-def _optional_limit(text: str):
-    """A positive number, or 'none' (no limit)."""
+def _optional_limit(text: str):  # a positive number, or 'none' (no limit)
     if text.strip().lower() in {"none", "off"}:
         return None
     return _POS_FLOAT(text)
@@ -98,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=_POS_INT, default=25, help="number of singular values scaled (default 25)")
     s.add_argument("--targets", help="regex of layer names; {a,b} expands to (a|b), "
                                      "e.g. 'layers.{27,28,29}.(mlp.down_proj|self_attn.o_proj)'")
-    s.add_argument("--blocks", type=_number("whole number", positive=False, integer=True), nargs="+",
-                   default=[-3, -2, -1],
+    s.add_argument("--blocks", type=_BLOCK, nargs="+", default=[-3, -2, -1],
                    help="block indices when --targets is not given, negative from the end (default: -3 -2 -1)")
     s.add_argument("--kinds", nargs="+", default=None,
                    help="layer-name suffixes, e.g. o_proj v_proj down_proj, or attn.c_proj mlp.c_proj for GPT-2 "
@@ -131,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=_POS_FLOAT, nargs="+", default=[1e-6, 1e-5, 3e-5],
                    help="learning rates (default: the paper's 1e-6 1e-5 3e-5)")
     s.add_argument("--steps", type=_POS_INT, default=60, help="optimizer steps per learning rate (default 60)")
-    s.add_argument("--blocks", type=_number("whole number", positive=False, integer=True), nargs="+",
-                   default=[-3, -2, -1],
+    s.add_argument("--blocks", type=_BLOCK, nargs="+", default=[-3, -2, -1],
                    help="blocks to train, negative from the end (default: -3 -2 -1, the last three)")
     s.add_argument("--inject", action="store_true",
                    help="layer injection: freeze the pairs, train an identity-initialised D after each")
@@ -188,12 +182,6 @@ def _print_inspect(info: dict) -> None:
         print(f"blind detection flags: {info['detected'] or 'nothing'}")
 
 
-def _one_line(e: BaseException) -> str:
-    """An exception as one line: its message with line breaks folded (transformers' run over several)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 400 else text[:397] + "…"
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -221,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "attack":
             _attack(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
-        print(f"specdef-lite {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        text = " ".join(str(e).split()) or type(e).__name__  # one line, also for transformers' multi-line messages
+        print(f"specdef-lite {args.command}: error: {text[:400]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"specdef-lite {args.command}: interrupted; nothing was written (outputs are replaced whole or "
@@ -229,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
+
+
+_FLAGS = {"compute_dtype=torch.": "--compute-dtype ", "max_error=None": "--max-error none", "max_error=": "--max-error ",
+          "raise max_bytes": "raise --max-gb"}  # the library's keywords → the shell's flags
 
 
 def _lock(args) -> None:
@@ -244,8 +237,8 @@ def _lock(args) -> None:
                           method=args.method, compute_dtype=cd, max_error=args.max_error,
                           max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9))
     except ValueError as e:  # the library names its keywords; the shell user needs the flags
-        text = str(e).replace("compute_dtype=torch.", "--compute-dtype ").replace("max_error=None", "--max-error none")
-        raise ValueError(text.replace("raise max_bytes", "raise --max-gb").replace("max_error=", "--max-error ")) from None
+        raise ValueError(re.sub(r"compute_dtype=torch\.|max_error=None|max_error=|raise max_bytes", lambda m: _FLAGS[m[0]],
+                                str(e))) from None
     names = llm.deformed_layers(locked)
     print(f"locked {len(names)} layers at alpha={args.alpha:g}, k={args.k}: {', '.join(names)}")
     if args.check:
@@ -253,12 +246,10 @@ def _lock(args) -> None:
         ids = torch.randint(vocab, (args.check, 32), generator=torch.Generator().manual_seed(0))
         ch = llm.logit_change(model, locked, ids)
         print(f"logit change: relative {ch.relative:.2e}, max |Δ| {ch.max_abs:.2e}")
-        if not ch.finite:
-            raise ValueError(f"the locked model's logits are not finite (relative change {ch.relative}) at "
-                             f"alpha={args.alpha:g}: nothing written; lower --alpha or pass --compute-dtype float32")
-        if args.max_error is not None and ch.relative > args.max_error:
-            raise ValueError(f"the lock changed the logits by {ch.relative:.2g} (relative), above --max-error "
-                             f"{args.max_error:g}: nothing written; lower --alpha or pass --compute-dtype float32")
+        if not ch.finite or (args.max_error is not None and ch.relative > args.max_error):
+            what = "are not finite" if not ch.finite else f"moved by {ch.relative:.2g}, above --max-error {args.max_error:g}"
+            raise ValueError(f"the locked model's logits {what} at alpha={args.alpha:g}: nothing written; lower "
+                             f"--alpha or pass --compute-dtype float32")
     llm.save(locked, args.out, tok, base_model=str(args.model), max_error=args.max_error)
     print(f"wrote {args.out}")
 
@@ -300,20 +291,9 @@ def _attack(args) -> None:
     if args.json:
         from dataclasses import asdict
 
-        from .checkpoint import atomic_file
-        data = _strict({"target": target, "runs": [asdict(r) for r in results.values()]})
+        from .checkpoint import atomic_file, strict_json
+        data = strict_json({"target": target, "runs": [asdict(r) for r in results.values()]})  # NaN → null
         atomic_file(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n")
-
-
-def _strict(obj):
-    """JSON-safe copy: NaN and ±inf (a diverged run's loss) become null, as strict JSON has no such numbers."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch import nn
 
 from .guards import (MAX_BYTES, MAX_ERROR, PrecisionWarning, check_alpha_k, check_bytes, check_model,
                      check_overflow, check_precision, forward_error_estimate, resolve_dtype)
-from .targets import Targets, _is_conv1d, _is_linear, _set_module, linear_weight, resolve_targets  # noqa: F401
+from .targets import Targets, _is_conv1d, _is_linear, _set_module, linear_weight, resolve_targets  # noqa: F401 (re-exported)
 
 __all__ = ["SpecDefLinear", "specdef", "scale_only", "deformed_layers", "linear_weight", "spectrum_ratio",
            "forward_error_estimate", "PrecisionWarning"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     import torch
-    from torch import nn
     torch.set_num_threads(1)
     os.environ.setdefault("SPECDEF_LITE_HEADLESS", "1")
 
@@ -537,6 +535,42 @@ def exercise_cases() -> list[tuple[str, str, object]]:
     return cases
 
 
+def other_cases() -> list[tuple[str, str, object]]:
+    """Entry points other helpers own (curvature, training, problems, precision): swept to report, not fixed here."""
+    import torch
+
+    import specdef_lite as sl
+    from specdef_lite import precision, problems
+    model, task = problems.quadratic([1.0, 10.0], seed=0)
+    toy = problems.teacher_student(width=4, n=16, seed=0)
+    loss_fn, theta = sl.loss_fn_of(toy.released, toy.task)
+    cases = [
+        ("sl.make_optimizer", "name='bogus'", lambda: sl.make_optimizer("bogus", model.parameters(), 0.1)),
+        ("sl.make_optimizer", "lr=nan", lambda: sl.make_optimizer("sgd", model.parameters(), float("nan"))),
+        ("sl.train", "steps=-1", lambda: sl.train(model, task, "sgd", -1, lr=0.1)),
+        ("sl.train", "lr=1e9 (divergence)", lambda: sl.train(problems.quadratic([1.0, 10.0], seed=0)[0], task, "sgd",
+                                                             20, lr=1e9).diverged_at),
+        ("sl.train", "optimizer='sgd' without lr", lambda: sl.train(model, task, "sgd", 5)),
+        ("sl.lr_sweep", "lrs=[]", lambda: sl.lr_sweep(toy.released, toy.task, "sgd", [], 5, 0.1)),
+        ("sl.hessian", "too many parameters", lambda: sl.hessian(loss_fn, theta, max_params=10)),
+        ("sl.hessian", "per-sample (non-scalar) loss", lambda: sl.hessian(
+            lambda p: (torch.func.functional_call(toy.released, p, (toy.task.inputs,)) - toy.task.targets) ** 2,
+            theta).shape),
+        ("sl.top_eigenvalues", "k=0", lambda: sl.top_eigenvalues(loss_fn, theta, k=0)),
+        ("sl.top_eigenvalues", "method='bogus'", lambda: sl.top_eigenvalues(loss_fn, theta, method="bogus")),
+        ("sl.select_params", "pattern matching nothing", lambda: sl.select_params(toy.released, "nope")),
+        ("problems.quadratic", "eigenvalues=[]", lambda: problems.quadratic([])),
+        ("problems.quadratic", "eigenvalues=[1, inf]", lambda: problems.quadratic([1.0, float("inf")])),
+        ("problems.quadratic", "eigenvalues=[-1, 1]", lambda: problems.quadratic([-1.0, 1.0])),
+        ("problems.teacher_student", "width=0", lambda: problems.teacher_student(width=0)),
+        ("precision.smallest_update", "dtype='int8'", lambda: precision.smallest_update("int8")),
+        ("precision.forward_error", "alpha=0", lambda: precision.forward_error(toy.released, 0.0, toy.task.inputs,
+                                                                               "float32")),
+        ("sl.theorem3_bound", "unknown layer names", lambda: sl.theorem3_bound(loss_fn, theta, "9", "8")),
+    ]
+    return cases
+
+
 def cli_cases(root: Path) -> list[tuple[str, str, object]]:
     f = {k: root / k for k in ("plain", "locked", "trunc", "stale", "nometa", "badjson", "empty", "bf16")}
     f["file"] = root / "a_file.txt"
@@ -591,7 +625,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the outcomes here")
     ap.add_argument("--table", nargs=2, metavar=("BEFORE", "NOW"), help="print a Markdown table of two runs")
     ap.add_argument("--only", default="", help="run only groups containing this word (library, explorer, "
-                                               "exercise, cli)")
+                                               "exercise, cli, others)")
     args = ap.parse_args()
     if args.table:
         before, now = (json.loads(Path(p).read_text()) for p in args.table)
@@ -605,7 +639,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         groups = [("library", library_cases), ("explorer", explorer_cases), ("exercise", exercise_cases),
-                  ("cli", cli_cases)]
+                  ("cli", cli_cases), ("others", other_cases)]
         for gname, make in groups:
             if args.only and args.only not in gname:
                 continue

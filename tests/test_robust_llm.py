@@ -2,7 +2,7 @@
 folder whose halves disagree is refused, NaN is never "no change", bad paths and devices get one clear sentence.
 
 The fault tests kill a real ``llm.save`` with SIGKILL in a subprocess — at named points (``SPECDEF_LITE_FAULT``)
-and once at whatever moment its temporary folder appears — and check that the previous output loads and gives
+and once from outside while half of the new weights file is on disk — and check that the previous output loads and gives
 the same logits, bit for bit.
 """
 import json
@@ -19,16 +19,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 from specdef_lite import checkpoint, deformed_layers, llm  # noqa: E402
 
-TINY = """
-import torch, transformers
-def tiny(seed=0, vocab=97, hidden=32, layers=3):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True, attn_implementation="eager")
-    return transformers.LlamaForCausalLM(cfg).eval()
-"""
-exec(TINY)  # defines tiny(); the subprocesses below run the same source
+from _tiny_llm import tiny  # noqa: E402
+
+TINY = f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom _tiny_llm import tiny\n"  # subprocesses
 IDS = torch.randint(97, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
