@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform import SpecDefLinear, Targets, _is_linear, _resolve_targets, _set_module, deformed_layers, linear_weight
+from .deform import SpecDefLinear, Targets, _is_linear, _set_module, deformed_layers, linear_weight
+from .guards import check_model, real_number
+from .targets import module_paths, unfaithful_reason
 
 __all__ = ["fuse", "inject", "InjectedLinear", "param_overhead", "ParamOverhead", "detect", "detect_scores"]
 
@@ -34,6 +36,7 @@ def fuse(model: nn.Module) -> nn.Module:
         >>> float((back.weight - net.weight).detach().abs().max()) < 1e-10
         True
     """
+    check_model(model)
     names = deformed_layers(model) + [n for n, m in model.named_modules() if isinstance(m, InjectedLinear)]
     if not names:
         raise ValueError("the model has no deformed (SpecDefLinear) or injected layer to fuse")
@@ -61,23 +64,44 @@ def _fused_weight(layer: nn.Module) -> torch.Tensor:
         W = layer.C.detach().double() @ layer.W_tilde.detach().double()  # (out,out)@(out,in)
         return W.to(layer.W_tilde.dtype)
     if isinstance(layer, InjectedLinear):
-        inner = _fused_weight(layer.inner) if isinstance(layer.inner, SpecDefLinear) else linear_weight(layer.inner)[0]
+        inner = layer.inner
+        inner = _fused_weight(inner) if isinstance(inner, (SpecDefLinear, InjectedLinear)) else linear_weight(inner)[0]
         return (layer.D.detach().double() @ inner.detach().double()).to(layer.D.dtype)
     raise TypeError(type(layer).__name__)
+
+
+def _out_dtype_device(layer: nn.Module) -> tuple[int, torch.dtype, torch.device]:
+    """(out features, dtype, device) of the matrix a linear, deformed or injected layer applies."""
+    if isinstance(layer, SpecDefLinear):
+        return layer.out_features, layer.W_tilde.dtype, layer.W_tilde.device
+    if isinstance(layer, InjectedLinear):
+        return layer.D.shape[0], layer.D.dtype, layer.D.device
+    W, _ = linear_weight(layer)
+    return W.shape[0], W.dtype, W.device
+
+
+def _pre_bias(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a linear, deformed or injected layer computes before adding its bias."""
+    if isinstance(layer, SpecDefLinear):
+        return layer.pair(x)
+    if isinstance(layer, InjectedLinear):
+        return F.linear(_pre_bias(layer.inner, x), layer.D)
+    W, _ = linear_weight(layer)
+    return F.linear(x, W)
 
 
 class InjectedLinear(nn.Module):
     """y = D · inner(x)_{without bias} + b — a frozen released layer with a trainable D (out×out) after it.
 
-    D starts at I, so the model's function is unchanged at injection time.
+    D starts at I, so the model's function is unchanged at injection time. ``inner`` may itself be injected
+    (a second injection freezes the first D and adds a new one).
     """
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
-        W, b = linear_weight(inner) if not isinstance(inner, SpecDefLinear) else (inner.W_tilde, inner.bias)
-        m = W.shape[0]
-        self.D = nn.Parameter(torch.eye(m, dtype=W.dtype, device=W.device))  # (out, out)
+        m, dtype, device = _out_dtype_device(inner)
+        self.D = nn.Parameter(torch.eye(m, dtype=dtype, device=device))  # (out, out)
         for p in self.inner.parameters():
             p.requires_grad_(False)
 
@@ -86,12 +110,7 @@ class InjectedLinear(nn.Module):
         return self.inner.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.inner, SpecDefLinear):
-            h = self.inner.pair(x)
-        else:
-            W, _ = linear_weight(self.inner)
-            h = F.linear(x, W)
-        h = F.linear(h, self.D)
+        h = _pre_bias(self, x)
         return h if self.bias is None else h + self.bias
 
 
@@ -106,25 +125,44 @@ def inject(model: nn.Module, targets: Targets = None) -> nn.Module:
     Returns:
         A copy whose only trainable parameters are the injected ``D`` matrices (``*.D``).
     """
+    check_model(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
     if targets is None:
-        names = deformed_layers(model)
+        # every deformed pair, wrapped at its outermost injected layer if it was injected before
+        outer = {n: m for n, m in model.named_modules() if isinstance(m, InjectedLinear)}
+        names = []
+        for n in deformed_layers(model):
+            wrappers = [o for o in outer if n.startswith(o + ".") or o == "" and n]
+            name = min(wrappers, key=len) if wrappers else n
+            if name not in names:
+                names.append(name)
         if not names:
             raise ValueError("the model has no deformed layer; pass targets= to inject after plain linear layers")
     else:
-        modules = dict(model.named_modules())
-        if not callable(targets):
-            wanted = [targets] if isinstance(targets, str) else list(targets)
+        if callable(targets):
+            names = [n for n, m in model.named_modules() if n and targets(n, m)]
+        elif isinstance(targets, str) or (isinstance(targets, (list, tuple, set, frozenset))
+                                          and all(isinstance(t, str) for t in targets)):
+            wanted = [targets] if isinstance(targets, str) else list(dict.fromkeys(targets))
             missing = [n for n in wanted if n not in modules]
             if missing:
                 raise ValueError(f"target {missing[0]!r} not found in the model")
             names = wanted
         else:
-            names = [n for n, m in modules.items() if n and targets(n, m)]
+            raise TypeError(f"targets must be None, a module name, a list of names or a predicate, got {targets!r}")
         for n in names:
-            if not (_is_linear(modules[n]) or isinstance(modules[n], SpecDefLinear)):
+            if not (_is_linear(modules[n]) or isinstance(modules[n], (SpecDefLinear, InjectedLinear))):
                 raise ValueError(f"target {n!r} is a {type(modules[n]).__name__}, not a linear layer")
         if not names:
             raise ValueError("targets matched no module")
+    paths = module_paths(model)
+    for n in names:
+        why = unfaithful_reason(model, modules[n], paths)
+        if why is None and not _is_linear(modules[n]) and any(
+                getattr(modules[n], h, None) for h in ("_forward_hooks", "_forward_pre_hooks")):
+            why = "it has forward hooks (remove them first)"
+        if why:
+            raise ValueError(f"cannot inject after {n!r} faithfully: {why}")
     attacked = copy.deepcopy(model)
     for p in attacked.parameters():
         p.requires_grad_(False)
@@ -158,8 +196,12 @@ def param_overhead(before: nn.Module, after: nn.Module) -> ParamOverhead:
         >>> bill.added, bill.trainable_after
         (128, 64)
     """
+    check_model(before)
+    check_model(after)
     n_before = sum(p.numel() for p in before.parameters())
     n_after = sum(p.numel() for p in after.parameters())
+    if n_before == 0:
+        raise ValueError("the model before the attack has no parameters: there is no bill to compare against")
     trainable = sum(p.numel() for p in after.parameters() if p.requires_grad)
     return ParamOverhead(n_before, n_after, n_after - n_before, n_after / n_before, trainable)
 
@@ -169,10 +211,13 @@ def detect_scores(model: nn.Module) -> dict[str, dict[str, float]]:
 
     A compensation C = I − (1 − 1/α)U_kU_kᵀ has unit ≈ 1 − k/m and its smallest σ = 1/α; a W̃ has gap ≈ α.
     """
+    check_model(model)
     scores = {}
     for name, p in model.named_parameters():
         if p.ndim != 2 or min(p.shape) < 2:
             continue
+        if not torch.isfinite(p).all():
+            raise ValueError(f"parameter {name!r} holds NaN or inf: its singular values (and so detection) are undefined")
         s = torch.linalg.svdvals(p.detach().double())
         top = s[: min(5, s.numel())]
         gap = float((top[:-1] / top[1:].clamp_min(1e-300)).max())
@@ -203,6 +248,12 @@ def detect(model: nn.Module, *, gap: float = 20.0, unit: float = 0.5) -> list[st
         >>> detect(net)
         []
     """
+    gap = real_number("gap", gap)
+    if gap <= 1:
+        raise ValueError(f"gap must be > 1 (a ratio σᵢ/σᵢ₊₁ ≥ 1 always), got {gap}")
+    unit = real_number("unit", unit)
+    if unit > 1:
+        raise ValueError(f"unit must be a fraction in (0, 1], got {unit}")
     flagged = []
     for pname, sc in detect_scores(model).items():
         p = model.get_parameter(pname)

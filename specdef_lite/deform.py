@@ -12,32 +12,38 @@ Why float64: the SVD and the products are formed in float64 and cast back once, 
 carry one rounding each. In float32 the layer still computes W̃x (α times larger along U_k) before C
 cancels it, so its forward error grows like α·ε_machine; ``compute_dtype=torch.float64`` runs the
 deformed layers in float64 to remove that error at a speed cost (see ``precision`` in the course).
+
+Guards (``guards``): before anything is allocated, ``specdef`` estimates the forward error of the lock in the
+dtype the pairs will be stored in (≈ c·α·ε, ``forward_error_estimate``) and the bytes of every C (m × m), and
+refuses layers that a lock would not reproduce faithfully (a subclass with its own ``forward``, hooks, a
+parametrised weight, a layer whose parent reads ``.weight`` directly, as ``nn.MultiheadAttention`` does).
 """
 from __future__ import annotations
 
 import copy
-import math
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .guards import (MAX_BYTES, MAX_ERROR, PrecisionWarning, check_alpha_k, check_bytes, check_model,
+                     check_overflow, check_precision, forward_error_estimate, resolve_dtype)
 from .lowrank import deformed_pair, top_k_krylov
+from .targets import Targets, _is_conv1d, _is_linear, _set_module, linear_weight, resolve_targets  # noqa: F401 (re-exported)
 
-Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
-
-__all__ = ["SpecDefLinear", "specdef", "scale_only", "deformed_layers", "linear_weight", "spectrum_ratio"]
+__all__ = ["SpecDefLinear", "specdef", "scale_only", "deformed_layers", "linear_weight", "spectrum_ratio",
+           "forward_error_estimate", "PrecisionWarning"]
 
 
 class SpecDefLinear(nn.Module):
     """y = C (W̃ x) + b — a deformed linear layer: W̃ (out×in), then compensation C (out×out), then bias.
 
     Both ``W_tilde`` and ``C`` are ordinary trainable parameters, as in the released model of the paper.
-    ``alpha`` and ``k`` are kept as buffers so that a reloaded checkpoint still says what it is.
-    ``compute_dtype`` (optional) runs the two products in that dtype (e.g. float64) and casts back.
+    ``alpha`` and ``k`` are kept as buffers so that a reloaded checkpoint still says what it is; dtype casts of
+    the model (``.half()``, ``.to(torch.bfloat16)``) move them to the new device but never round them (α = 1e5
+    would become inf in float16). ``compute_dtype`` (optional) runs the two products in that dtype (e.g.
+    float64) and casts back; the pair stays stored in it when the rest of the model is cast.
     """
 
     def __init__(self, W_tilde: torch.Tensor, C: torch.Tensor, bias: torch.Tensor | None,
@@ -58,6 +64,20 @@ class SpecDefLinear(nn.Module):
     def out_features(self) -> int:
         return self.W_tilde.shape[0]
 
+    def _apply(self, fn, recurse=True):
+        """``nn.Module._apply`` (behind ``.to``, ``.half``, ``.cuda`` …) with two exceptions: α and k keep their
+        dtype, and with a ``compute_dtype`` so do W̃ and C; all of them still follow device moves."""
+        keep = {id(self.alpha), id(self.k)}
+        if self.compute_dtype is not None:
+            keep |= {id(self.W_tilde), id(self.C)}
+
+        def apply_keeping_dtype(t):
+            if id(t) not in keep:
+                return fn(t)
+            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))  # where and in what fn would put t
+            return fn(t) if probe.dtype == t.dtype else t.to(probe.device)
+        return super()._apply(apply_keeping_dtype, recurse)
+
     def pair(self, x: torch.Tensor) -> torch.Tensor:
         """C (W̃ x), without the bias."""
         if self.compute_dtype is not None and self.compute_dtype != x.dtype:
@@ -74,78 +94,16 @@ class SpecDefLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"alpha={self.alpha.item():g}, k={int(self.k)}, bias={self.bias is not None}")
-
-
-def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(W, b) of a linear layer in the y = W x + b convention, W of shape (out, in).
-
-    Hugging Face GPT-2 ``Conv1D`` stores its weight as (in, out); it is transposed here.
-    """
-    if isinstance(module, nn.Linear):
-        return module.weight, module.bias
-    if _is_conv1d(module):
-        return module.weight.T, module.bias  # (in, out) -> (out, in)
-    raise TypeError(f"{type(module).__name__} is not a linear layer")
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    # GPT-2's transformers.pytorch_utils.Conv1D, recognised by name so transformers stays optional.
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+                f"alpha={float(self.alpha):g}, k={int(self.k)}, bias={self.bias is not None}"
+                + ("" if self.compute_dtype is None else f", compute_dtype={self.compute_dtype}"))
 
 
 def _check_alpha_k(alpha: float, k: int) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) and not (
-            isinstance(alpha, torch.Tensor) and alpha.numel() == 1):
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    a = float(alpha)
-    if not math.isfinite(a):
-        raise ValueError(f"alpha must be finite, got {a}")
-    if a <= 0:
-        raise ValueError(f"alpha must be > 0 (it multiplies singular values), got {a}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    check_alpha_k(alpha, k)  # kept for callers of the old name (e.g. llm_stream)
 
 
 def _resolve_targets(model: nn.Module, targets: Targets) -> list[str]:
-    modules = dict(model.named_modules())
-    if targets is None:
-        names = [n for n, m in modules.items() if _is_linear(m)]
-        if not names:
-            raise ValueError("the model has no nn.Linear (or GPT-2 Conv1D) layer to deform")
-        return names
-    if callable(targets):
-        names = [n for n, m in modules.items() if n and targets(n, m)]
-        if not names:
-            raise ValueError("the targets predicate matched no module")
-    else:
-        names = [targets] if isinstance(targets, str) else list(targets)
-        if not names:
-            raise ValueError("targets is empty")
-        for n in names:
-            if n not in modules or n == "":
-                linear = [m for m, mod in modules.items() if _is_linear(mod)]
-                shown = ", ".join(linear[:8]) + (" …" if len(linear) > 8 else "")
-                raise ValueError(f"target {n!r} not found in the model; linear layers are: {shown}")
-    for n in names:
-        m = modules[n]
-        if isinstance(m, SpecDefLinear):
-            raise ValueError(f"target {n!r} is already deformed (SpecDefLinear); fuse it first to re-lock")
-        if not _is_linear(m):
-            raise ValueError(f"target {n!r} is a {type(m).__name__}, not a linear layer (nn.Linear or Conv1D)")
-    return names
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+    return resolve_targets(model, targets, deformed=SpecDefLinear)
 
 
 def _top_k_svd(W: torch.Tensor, k: int, method: str, name: str):
@@ -211,8 +169,23 @@ def _deform_weight(W: torch.Tensor, alpha: float, k: int, method: str, name: str
         return deformed_pair(W, U_k, float(alpha), dtype)
 
 
+def _check_method(method: str) -> None:
+    if method not in ("full", "lowrank"):
+        raise ValueError(f"method must be 'full' or 'lowrank', got {method!r}")
+
+
+def _plan(model: nn.Module, alpha, k, targets: Targets, method: str):
+    """Validated (α, k, names, {name: W}) of a lock, before anything is copied or allocated."""
+    alpha, k = check_alpha_k(alpha, k)
+    _check_method(method)
+    names = _resolve_targets(model, targets)
+    weights = {n: linear_weight(model.get_submodule(n) if n else model)[0] for n in names}
+    return alpha, k, names, weights
+
+
 def specdef(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None, *,
-            method: str = "full", compute_dtype: torch.dtype | None = None) -> nn.Module:
+            method: str = "full", compute_dtype: torch.dtype | None = None, max_error: float | None = MAX_ERROR,
+            max_bytes: int | None = MAX_BYTES) -> nn.Module:
     """Locked copy of ``model``: each target W → (W̃, C) with σᵢ(W̃) = α σᵢ(W) for i ≤ k and C W̃ = W.
 
     Args:
@@ -220,16 +193,24 @@ def specdef(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None,
         alpha: α > 0, finite; the top-k singular values are multiplied by α.
         k: how many singular values to scale, 1 ≤ k ≤ rank(W) for every target.
         targets: None (every ``nn.Linear`` / GPT-2 ``Conv1D``), a module name, a list of names, or a
-            predicate ``(name, module) -> bool``.
+            predicate ``(name, module) -> bool``. A layer registered under two names is locked under both.
         method: ``"full"`` float64 SVD (exact σ) or ``"lowrank"`` (block Krylov to the top-k singular
             vectors, as many passes as the spectral gap needs; for big layers).
         compute_dtype: optional dtype in which the deformed layers store W̃, C and compute (e.g.
             ``torch.float64``); inputs and outputs keep the model's dtype. Rounding W̃ to float32 alone
             already costs ~α·ε, so computing in float64 only helps if the pair is stored in float64 too.
+        max_error: refuse when the estimated relative forward error c·α·ε of the storage format
+            (``forward_error_estimate``) exceeds it, warn (``PrecisionWarning``) above a tenth of it; None: no check.
+        max_bytes: refuse when the largest C (m×m in float64 while locking) or all Cs stored together exceed it.
 
     Returns:
         A new module; targets are replaced by ``SpecDefLinear`` with the original dtype (unless
         ``compute_dtype``) and device.
+
+    Raises:
+        ValueError: bad α, k, targets or method; a target that cannot be replaced faithfully (a subclass
+            with its own forward, hooks, a parametrised weight, a parent that reads ``.weight``); a format in
+            which the lock would destroy the function or overflow; a C above ``max_bytes``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -241,16 +222,18 @@ def specdef(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None,
         >>> round(spectrum_ratio(net, locked, "")[0].item(), 6)
         100.0
     """
-    _check_alpha_k(alpha, k)
-    alpha = float(alpha)
-    names = _resolve_targets(model, targets)
+    alpha, k, names, weights = _plan(model, alpha, k, targets, method)
+    compute_dtype = resolve_dtype(compute_dtype, "compute_dtype")
+    store = {n: compute_dtype or W.dtype for n, W in weights.items()}  # W̃ is ~α large: its rounding costs α·ε
+    check_precision(alpha, store.values(), max_error)
+    check_bytes([(n, W.shape[0], W.shape[1], store[n], W.device) for n, W in weights.items()], max_bytes)
     locked = copy.deepcopy(model, _reuse_replaced_weights(model, names))
     for name in names:
         layer = locked.get_submodule(name) if name else locked
         W, b = linear_weight(layer)
-        store = compute_dtype or W.dtype  # W̃ entries are ~α large: storing them in float32 costs α·ε
-        W_tilde, C = _deform_weight(W, alpha, k, method, name, dtype=store)
-        new = SpecDefLinear(W_tilde.to(store), C.to(store),
+        W_tilde, C = _deform_weight(W, alpha, k, method, name, dtype=store[name])  # rounded once into store
+        check_overflow(name, W_tilde, C, store[name], alpha)
+        new = SpecDefLinear(W_tilde, C,
                             None if b is None else b.detach().clone(), alpha, k, compute_dtype)
         new.train(layer.training)
         if name:
@@ -261,19 +244,21 @@ def specdef(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None,
 
 
 def scale_only(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None, *,
-               method: str = "full") -> nn.Module:
+               method: str = "full", max_bytes: int | None = MAX_BYTES) -> nn.Module:
     """Ablation: W → W̃ = W + (α − 1) U_k Σ_k V_kᵀ with no compensation, so the function changes with α.
 
-    Same arguments as ``specdef``; targets stay plain ``nn.Linear`` layers holding W̃.
+    Same arguments as ``specdef``; targets stay plain ``nn.Linear`` layers holding W̃ (refused if W̃ would
+    overflow the layer's dtype).
     """
-    _check_alpha_k(alpha, k)
-    alpha = float(alpha)
-    names = _resolve_targets(model, targets)
+    alpha, k, names, weights = _plan(model, alpha, k, targets, method)
+    check_bytes([(n, W.shape[0], W.shape[1], W.dtype, W.device) for n, W in weights.items()], max_bytes,
+                stored=False)
     scaled = copy.deepcopy(model)
     for name in names:
         layer = scaled.get_submodule(name) if name else scaled
         W, b = linear_weight(layer)
-        W_tilde, _ = _deform_weight(W, alpha, k, method, name, dtype=W.dtype)
+        W_tilde, _ = _deform_weight(W, alpha, k, method, name)  # float64, so an overflow is reported by size
+        check_overflow(name, W_tilde, W_tilde[:0], W.dtype, alpha)
         new = nn.Linear(W.shape[1], W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
         with torch.no_grad():
             new.weight.copy_(W_tilde.to(W.dtype))
@@ -289,6 +274,7 @@ def scale_only(model: nn.Module, alpha: float, k: int = 1, targets: Targets = No
 
 def deformed_layers(model: nn.Module) -> list[str]:
     """Names of the ``SpecDefLinear`` modules in ``model`` ("" if the model itself is one)."""
+    check_model(model)
     return [n for n, m in model.named_modules() if isinstance(m, SpecDefLinear)]
 
 
@@ -297,6 +283,10 @@ def spectrum_ratio(original: nn.Module, locked: nn.Module, name: str) -> torch.T
 
     Reports how close a lock came to its promise, e.g. after ``method="lowrank"``.
     """
+    for which, model in (("original", original), ("locked", locked)):
+        check_model(model)
+        if name not in dict(model.named_modules()):
+            raise ValueError(f"layer {name!r} not found in the {which} model")
     W, _ = linear_weight(original.get_submodule(name) if name else original)
     layer = locked.get_submodule(name) if name else locked
     if not isinstance(layer, SpecDefLinear):

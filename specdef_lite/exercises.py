@@ -7,11 +7,12 @@ lam_max=4.0)``; ``exercises()`` lists them with their questions.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Feedback", "check", "exercises", "exercise", "compare"]
+__all__ = ["Feedback", "check", "exercises", "exercise", "compare", "as_number"]
 
 
 @dataclass(frozen=True)
@@ -54,23 +55,46 @@ def exercises() -> dict[str, str]:
 
 
 def check(name: str, answer, **context) -> Feedback:
-    """Check ``answer`` to exercise ``name``; raises ValueError for an unknown name (listing the known ones)."""
+    """Check ``answer`` to exercise ``name``; raises ValueError for an unknown name (listing the known ones) or
+    a context keyword the exercise does not take (listing those it takes)."""
     _load_all()
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown exercise {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][1](answer, **context)
+    fn = _REGISTRY[name][1]
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        taken = [p.name for p in params]
+        bad = [k for k in context if k not in taken]
+        if bad:
+            raise ValueError(f"exercise {name!r} takes the context {', '.join(taken) or '(none)'}; got {bad[0]!r}")
+    return fn(answer, **context)
+
+
+def as_number(answer) -> float | None:
+    """The answer as one float, or None when it is not one number (None, text, a bool, several values)."""
+    if answer is None or answer is ... or isinstance(answer, bool):
+        return None
+    try:
+        n = answer.numel() if callable(getattr(answer, "numel", None)) else getattr(answer, "size", 1)  # torch / numpy
+        if n != 1:
+            return None
+        return float(answer.item() if hasattr(answer, "item") else answer)
+    except (TypeError, ValueError, RuntimeError, AttributeError):
+        return None
 
 
 def compare(name: str, answer, expected: float, *, rtol: float, right: str, wrong: str) -> Feedback:
-    """Numeric verdict |answer − expected| ≤ rtol·|expected|; ``right``/``wrong`` explain either way."""
+    """Numeric verdict |answer − expected| ≤ rtol·|expected|; ``right``/``wrong`` explain either way.
+
+    The expected value is shown to 6 significant digits (a value like 2⁻²⁴ is not rounded to 0.0).
+    """
     if answer is None or answer is ...:  # not answered yet: never give the answer away
         return Feedback(name, False, answer, "?", "No answer yet: replace None with your number and re-run.")
-    try:
-        a = float(answer)
-    except (TypeError, ValueError):
-        return Feedback(name, False, answer, "?", "Please answer with a number.")
+    a = as_number(answer)
+    if a is None:
+        return Feedback(name, False, answer, "?", "Please answer with one number.")
     ok = math.isfinite(a) and abs(a - expected) <= rtol * abs(expected)
-    return Feedback(name, ok, answer, round(expected, 6), right if ok else wrong)
+    return Feedback(name, ok, answer, float(f"{expected:.6g}"), right if ok else wrong)
 
 
 def _load_all() -> None:

@@ -41,7 +41,11 @@ def _stable_step(answer, lam_max: float = 50.0, eigenvalues=None) -> Feedback:
     top = float(sl.top_eigenvalues(task.A, which="LA").values[0])  # λ_max of ∇²ℒ = A
     expected = 2.0 / top
     a = _num01(answer)
-    if a is not None and _near01(a, 1.0 / top):
+    if a is not None and a <= 0:
+        wrong = ("A learning rate must be positive: η = 0 never moves, and a negative η steps uphill, multiplying "
+                 f"the stiffest direction by |1 − ηλ_max| = {abs(1 - a * top):.3g} ≥ 1 every step (it grows: GD "
+                 "diverges)." if a < 0 else "η = 0 never moves: |1 − ηλ_max| = 1, so nothing shrinks.")
+    elif a is not None and _near01(a, 1.0 / top):
         wrong = (f"{a:.3g} = 1/λ_max is the descent-lemma step (it guarantees the loss falls every step). "
                  f"GD still converges up to twice that: |1 − ηλ_max| < 1 ⟺ η < 2/λ_max.")
     elif a is not None and a > expected:
@@ -235,7 +239,11 @@ def _smallest_update(answer, dtype: str = "bfloat16") -> Feedback:
     expected = smallest_update(dtype, 1.0)
     eps = float(torch.finfo(as_dtype(dtype)).eps)
     a = float(answer)
-    if abs(a - eps) <= 0.05 * eps:
+    if a <= 0:
+        wrong = (f"The question asks for an update Δ > 0; 1 + {a:.3g} {'is 1 itself' if a == 0 else 'moves down, not up'}."
+                 f" The smallest positive update that survives is just above half the gap ε = {eps:.3g} from 1 to the "
+                 f"next {dtype} number.")
+    elif abs(a - eps) <= 0.05 * eps:
         wrong = (f"ε = {eps:.3g} is the gap from 1 to the next {dtype} number. Rounding goes to the *nearest* "
                  f"number, so anything past half the gap already rounds up.")
     elif a < expected:

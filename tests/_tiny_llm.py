@@ -1,0 +1,11 @@
+"""A tiny seeded Llama (3 blocks, vocabulary 97) for the language-model tests and their subprocesses."""
+import torch
+import transformers
+
+
+def tiny(seed=0, vocab=97, hidden=32, layers=3):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True, attn_implementation="eager")
+    return transformers.LlamaForCausalLM(cfg).eval()
