@@ -458,7 +458,8 @@ def explorer_cases() -> list[tuple[str, str, object]]:
     import numpy as np
 
     from specdef_lite import precision, problems, widgets
-    from specdef_lite.widgets.race import lr_grid, race_table
+    from specdef_lite.experiments.race import race_table
+    from specdef_lite.experiments.tuning import lr_grid
 
     p = problems.teacher_student(width=4, n=16, seed=0)
     rt = race_table(p, [10.0, 100.0], {"sgd": lr_grid(1e-5, 1.0, 2)}, steps=60)

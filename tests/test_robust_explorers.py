@@ -7,7 +7,8 @@ import pytest
 import specdef_lite as sl
 from specdef_lite import precision
 from specdef_lite.widgets import ConditioningExplorer, DeformationExplorer, PrecisionExplorer, RaceExplorer
-from specdef_lite.widgets.race import lr_grid, race_table
+from specdef_lite.experiments.race import race_table
+from specdef_lite.experiments.tuning import lr_grid
 
 
 @pytest.fixture(scope="module")
