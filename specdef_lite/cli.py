@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full float64 SVD, or a partial SVD for big layers (the lock stays exact)")
     s.add_argument("--check", type=int, default=0, metavar="N",
                    help="compare logits of original and locked model on N random token sequences")
+    s.add_argument("--stream", action="store_true", help="lock tensor by tensor, writing shards as it goes (the "
+                   "default for a sharded safetensors folder): memory bounded by one layer, not the model")
 
     s = sub.add_parser("fuse", help="the attacker's fuse: replace each pair by W = C·W̃",
                        description="Fuse every (W̃, C) pair into one linear layer W = C·W̃ and write an "
@@ -135,12 +137,14 @@ def _print_inspect(info: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from . import llm
+    from . import llm, llm_stream
     t0 = time.perf_counter()
     try:
         if args.command == "inspect":
             info = _inspect(args)
             print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
+        elif args.command == "lock" and (args.stream or llm_stream.is_sharded(args.model) and not args.check):
+            llm_stream.lock_command(args)
         elif args.command == "lock":
             model, tok = llm.load(args.model, device=args.device)
             if llm.deformed_layers(model):
