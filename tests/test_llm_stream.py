@@ -41,10 +41,11 @@ def llama_checkpoint(folder, gen, *, layers, hidden, ffn, vocab, tie, shard):
 
 @pytest.fixture(scope="module")
 def big_checkpoint(tmp_path_factory):
-    """A random Llama of ~400 MB in float32 (8 blocks, hidden 768, vocab 32000), in 40 MB shards."""
+    """A random Llama of ~330 MB in float32 (4 blocks, hidden 512, untied vocabulary of 64000), in 40 MB shards:
+    most bytes sit in the embeddings, which stream as raw copies, so the test stays quick."""
     gen = torch.Generator().manual_seed(7)
     folder = tmp_path_factory.mktemp("stream") / "llama"
-    return llama_checkpoint(folder, gen, layers=8, hidden=768, ffn=2048, vocab=32000, tie=False, shard="40MB")
+    return llama_checkpoint(folder, gen, layers=4, hidden=512, ffn=1536, vocab=64000, tie=False, shard="40MB")
 
 
 # VmHWM, the peak RSS of this process image: ru_maxrss would carry the forking parent's peak across exec
@@ -71,7 +72,7 @@ def test_stream_lock_memory_is_one_layer_and_result_is_the_in_memory_lock(big_ch
     print(f"\ncheckpoint {size / 1e6:.0f} MB; baseline (python + torch + specdef_lite) {m['baseline_kib'] / 1024:.0f} MiB; "
           f"peak {m['peak_kib'] / 1024:.0f} MiB; peak − baseline {work / 2**20:.0f} MiB = {work / size:.1%} of the checkpoint "
           f"(peak alone {m['peak_kib'] * 1024 / size:.1%})")
-    assert size > 350e6
+    assert size > 300e6
     assert work <= 0.4 * size, f"the lock held {work / 2**20:.0f} MiB above baseline: > 40 % of {size / 1e6:.0f} MB"
     assert m["shards"] > 1 and is_sharded(out)
 
