@@ -125,6 +125,7 @@ def test_lora_attacks_table_at_small_sizes():
     assert [(x.model, x.placement) for x in res.runs] == attacks and len(res.rows()) == len(attacks)
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft → transformers
 def test_lora_on_a_locked_transformers_model_merges_back_into_specdef_layers(gen):
     transformers = pytest.importorskip("transformers")
     from specdef_lite import deformed_layers, llm
