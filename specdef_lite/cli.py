@@ -104,14 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compute-dtype", choices=_DTYPES, default=None,
                    help="store and run the deformed layers in this dtype (e.g. float32 for a bfloat16 model: the "
                         "forward error grows like α·ε of the format the pairs live in)")
-    s.add_argument("--check", type=_COUNT, default=2, metavar="N",
+    s.add_argument("--check", type=_COUNT, default=None, metavar="N",
                    help="compare logits of original and locked model on N random token sequences and refuse to "
-                        "write if they are not finite or moved more than --max-error (default 2; 0: skip)")
+                        "write if they are not finite or moved more than --max-error (default 2 in memory; a streamed lock cannot load both models, so it relies on the estimate; 0: skip)")
     s.add_argument("--max-error", type=_optional_limit, default=0.5, metavar="E",
                    help="refuse a lock whose relative logit change (estimated c·α·ε before locking, measured by "
                         "--check after) exceeds E (default 0.5; 'none': no limit)")
     s.add_argument("--max-gb", type=_optional_limit, default=4.0, metavar="GB",
                    help="refuse a lock whose compensations C (out×out each) exceed this many GB (default 4; 'none')")
+    s.add_argument("--stream", action="store_true", help="lock tensor by tensor, writing shards as it goes (the "
+                   "default for a sharded safetensors folder): memory bounded by one layer, not the model")
 
     s = sub.add_parser("fuse", help="the attacker's fuse: replace each pair by W = C·W̃",
                        description="Fuse every (W̃, C) pair into one linear layer W = C·W̃ and write an "
@@ -192,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     t0 = time.perf_counter()
     try:
-        from . import llm
+        from . import llm, llm_stream
         llm.resolve_device(args.device)  # a device this machine lacks is refused before any loading
         if args.command == "inspect":
             info = _inspect(args)
             print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
+        elif args.command == "lock" and (args.stream or (llm_stream.is_sharded(args.model) and args.check is None)):
+            llm_stream.lock_command(args)
         elif args.command == "lock":
             _lock(args)
         elif args.command == "fuse":
@@ -241,9 +245,10 @@ def _lock(args) -> None:
                                 str(e))) from None
     names = llm.deformed_layers(locked)
     print(f"locked {len(names)} layers at alpha={args.alpha:g}, k={args.k}: {', '.join(names)}")
-    if args.check:
+    check = 2 if args.check is None else args.check
+    if check:
         vocab = model.get_input_embeddings().num_embeddings
-        ids = torch.randint(vocab, (args.check, 32), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(vocab, (check, 32), generator=torch.Generator().manual_seed(0))
         ch = llm.logit_change(model, locked, ids)
         print(f"logit change: relative {ch.relative:.2e}, max |Δ| {ch.max_abs:.2e}")
         if not ch.finite or (args.max_error is not None and ch.relative > args.max_error):

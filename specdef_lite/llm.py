@@ -110,10 +110,10 @@ def _has_tokenizer_files(folder: Path) -> bool:
 
 def _load_locked(folder: Path, meta: dict) -> nn.Module:
     """Rebuild the architecture from config.json, put a ``SpecDefLinear`` at every deformed name, load."""
-    from safetensors.torch import load_file, load_model
     from transformers import AutoConfig, AutoModelForCausalLM
+    from .llm_shards import load_weights, read_weights  # single-file or sharded (llm_stream) checkpoints
     config = AutoConfig.from_pretrained(folder)
-    state = load_file(str(folder / WEIGHTS_FILE))
+    state = read_weights(folder)
     sizes: dict[torch.dtype, int] = {}  # the dtype most weights were saved in (buffers α are float64)
     for t in state.values():
         if t.is_floating_point():
@@ -132,7 +132,7 @@ def _load_locked(folder: Path, meta: dict) -> nn.Module:
         layer = SpecDefLinear(state[f"{name}.W_tilde"], state[f"{name}.C"], state.get(f"{name}.bias"),
                               info["alpha"], info["k"], cd)
         _set_module(model, name, layer)
-    load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    load_weights(model, state)
     return model
 
 

@@ -16,6 +16,7 @@ comparison is the attacker's best response (``best_response``, ``slowdown``).
 | ``attack`` | locked vs fused vs injected, each at its best response (notebook 04) |
 | ``bill`` | the parameters injection adds, counted (notebook 04) |
 | ``low_precision`` | the attack trained in float32 / bfloat16 (notebook 05) |
+| ``lora_attack`` | LoRA adapters on W̃, on C, on both or on the fused layer, each at its best response |
 | ``slope``, ``grid`` | the log–log slope; log grids of α |
 | ``plots``, ``text`` | static figures of these results; numbers as the prose writes them |
 """
@@ -37,6 +38,7 @@ _EXPORTS = {
     "AttackTable": "attack", "attack_table": "attack",
     "ParameterBill": "bill", "parameter_bill": "bill",
     "PrecisionRun": "low_precision", "precision_attack": "low_precision",
+    "LoraAttacks": "lora_attack", "LoraRun": "lora_attack", "lora_attacks": "lora_attack",
     "loglog_slope": "slope", "log_grid": "grid", "nearest": "grid", "snap": "grid",
 }
 
