@@ -36,8 +36,10 @@ from torch import nn
 
 from .attacks import fuse
 from .deform import SpecDefLinear, _is_conv1d, _is_linear, _set_module, deformed_layers, specdef
-from .llm_attack import AttackResult, attack, attack_grid, attack_params, table1, to_markdown
-from .llm_data import Eval, TextTask, batches, evaluate, play_text, shakespeare_plays, shakespeare_task
+from .llm_attack import AttackResult, attack, attack_grid, attack_params, best_response, prefix_for, table1, to_markdown
+from .llm_data import (Eval, TextTask, batches, data_dir, evaluate, paper_results, play_text, shakespeare_plays,
+                       shakespeare_task)
+from .llm_prefix import FrozenPrefix, lm_loss, tail_loss
 
 __all__ = [
     "DEFAULT_MODEL", "INSTALL_HINT", "cache_dir", "smollm2_gguf", "convert_gguf", "default_model_dir",
@@ -46,6 +48,7 @@ __all__ = [
     # re-exported from llm_data / llm_attack
     "shakespeare_plays", "play_text", "shakespeare_task", "TextTask", "batches", "evaluate", "Eval",
     "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
+    "best_response", "prefix_for", "data_dir", "paper_results", "FrozenPrefix", "lm_loss", "tail_loss",
 ]
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
