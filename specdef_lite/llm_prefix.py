@@ -103,11 +103,14 @@ class FrozenPrefix:
         first: f, the first block the tail runs.
         head: names of the modules after the last block (e.g. ``("model.norm", "lm_head")``).
         captures / hits: batches whose prefix was run / served from the cache.
+        max_bytes: the cache stops storing new batches beyond this size (it still computes them); a long attack
+            on a big model sees many distinct batches, each (B, T, d) floats.
     """
 
-    def __init__(self, model: nn.Module, first: int, head: Sequence[str]):
+    def __init__(self, model: nn.Module, first: int, head: Sequence[str], *, max_bytes: int = 2 << 30):
         from .llm import blocks_of
-        self.model, self.first, self.head = model, int(first), tuple(head)
+        self.model, self.first, self.head, self.max_bytes = model, int(first), tuple(head), int(max_bytes)
+        self.bytes = 0
         self.block_prefix, blocks = blocks_of(model)
         if not 0 <= self.first < len(blocks):
             raise ValueError(f"first block {first} out of range: the model has {len(blocks)} blocks")
@@ -117,7 +120,8 @@ class FrozenPrefix:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: nn.Module, first: int, example: torch.Tensor, *, rtol: float = 1e-5) -> FrozenPrefix | None:
+    def build(cls, model: nn.Module, first: int, example: torch.Tensor, *, rtol: float = 1e-5,
+              max_bytes: int = 2 << 30) -> FrozenPrefix | None:
         """A checked prefix cache, or None (with a warning) where the tail cannot reproduce the model's logits.
 
         Args:
@@ -126,7 +130,7 @@ class FrozenPrefix:
                 to ``rtol`` of their largest magnitude. It becomes the first cached batch.
         """
         head = _head_modules(model, example)
-        prefix = cls(model, first, head)
+        prefix = cls(model, first, head, max_bytes=max_bytes)
         with _eval_mode(model):
             full = model(input_ids=example, use_cache=False).logits
         tail = prefix.logits(model, example)
@@ -142,6 +146,8 @@ class FrozenPrefix:
         blocks f … L−1 (embeddings, lower blocks, rotary buffers, head), and the same head modules."""
         if model is self.model or model in self._served:
             return True
+        if not _has(model, self.block_prefix):
+            return False
         mine, theirs = self._outside(self.model), self._outside(model)
         if mine.keys() != theirs.keys() or any(not _has(model, n) for n in self.head):
             return False
@@ -161,8 +167,12 @@ class FrozenPrefix:
         key = (tuple(x.shape), str(x.device), x.detach().cpu().numpy().tobytes())
         entry = self._store.get(key)
         if entry is None:
-            entry = self._store[key] = self._capture(x)
+            entry = self._capture(x)
             self.captures += 1
+            size = entry[0].numel() * entry[0].element_size()
+            if self.bytes + size <= self.max_bytes:
+                self._store[key] = entry
+                self.bytes += size
         else:
             self.hits += 1
         return entry

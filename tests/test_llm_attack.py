@@ -308,3 +308,19 @@ def test_best_response_counts_reach_and_stay(monkeypatch, gen):
                            cache=False)
     assert br.steps == (6, 6, None) and br.best_lr == 1e-3 and not br.outcomes[0].diverged
     assert br.outcomes[2].diverged and br.lower_bound == 6
+
+
+def test_the_cache_stops_growing_at_max_bytes(gen):
+    model = tiny_llama()
+    x = torch.randint(VOCAB, (2, 8), generator=gen)
+    h_bytes = 2 * 8 * 32 * 4  # one batch's hidden state (B, T, d) in float32
+    prefix = llm.FrozenPrefix.build(model, 2, x, max_bytes=2 * h_bytes)
+    others = [torch.randint(VOCAB, (2, 8), generator=gen) for _ in range(3)]
+    logits = [prefix.logits(model, y) for y in others]  # the third one is computed but not stored
+    assert prefix.bytes == 2 * h_bytes and len(prefix._store) == 2
+    with torch.no_grad():
+        for y, z in zip(others, logits):
+            assert torch.equal(z, model(y).logits)
+    assert prefix.captures == 4
+    prefix.logits(model, others[2])
+    assert prefix.captures == 5  # not cached: its prefix ran again
