@@ -8,7 +8,8 @@ Part 1 times each piece of one attack step side by side in one process, one torc
   * the cached path (``llm_prefix.FrozenPrefix``): the frozen blocks once per distinct batch, then only the trained
     tail and the head; ``working_copy`` copies only the trained weights;
   * one full step with 2 threads instead of 1, and with SDPA attention instead of eager.
-Part 2 runs notebooks/06_real_llm.ipynb with its own default parameters (papermill, headless), as a class would.
+Part 2 runs notebooks/06_real_llm.ipynb with its own default parameters (papermill, headless), as a class would,
+and keeps the executed copy in build/bench/06_real_llm.default.ipynb (its tables are the numbers reported).
 
 Run:  .venv/bin/python benchmarks/bench_llm_attack.py              (both parts; part 2 takes minutes)
       .venv/bin/python benchmarks/bench_llm_attack.py --no-notebook  (part 1 only)
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -35,14 +35,15 @@ SIZES = {"old defaults (3 blocks, T=64, B=4, 4 held-out)": dict(blocks=[-3, -2, 
 
 
 def timed(fn, n: int = 5) -> float:
-    """Median wall time of ``fn()`` over n calls, after one warm-up call."""
+    """Fastest wall time of ``fn()`` over n calls, after one warm-up call: on a shared machine the minimum is the
+    estimate least disturbed by other jobs."""
     fn()
     ts = []
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return min(ts)
 
 
 def profile(model, tok, blocks, seq_len, batch, heldout) -> dict[str, float]:
@@ -142,6 +143,7 @@ def run_notebook() -> tuple[float, str, str, list[str]]:
     os.environ["SPECDEF_LITE_HEADLESS"] = "1"
     os.environ["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
     src = ROOT / "notebooks" / "06_real_llm.ipynb"
+    keep = ROOT / "build" / "bench" / "06_real_llm.default.ipynb"
     l0 = load()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / src.name
@@ -149,6 +151,8 @@ def run_notebook() -> tuple[float, str, str, list[str]]:
         pm.execute_notebook(str(src), str(out), parameters={}, kernel_name=KERNEL, cwd=str(src.parent),
                             progress_bar=False, log_output=False)
         seconds = time.perf_counter() - t0
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_bytes(out.read_bytes())
         import json
         lines = []
         for cell in json.loads(out.read_text())["cells"]:
@@ -174,8 +178,8 @@ def main(argv: list[str]) -> None:
     ratio = new["full step (old path)"] / new["cached step (new path)"]
     print(f"""## Notebook 06 in a class: the attack's time profile and the whole notebook
 
-Part 1: one fine-tuning step of SmolLM2-135M-Instruct (float32, AdamW, 1 thread) taken apart, median of 3–5 calls
-after a warm-up, old path and cached path side by side in one process. Indented rows are the pieces of a step.
+Part 1: one fine-tuning step of SmolLM2-135M-Instruct (float32, AdamW, 1 thread) taken apart, fastest of 3–5 calls
+after a warm-up (pieces timed separately, so they need not add up exactly to the step), old path and cached path side by side in one process. Indented rows are the pieces of a step.
 Part 2: notebooks/06_real_llm.ipynb with its own default parameters under papermill (headless).
 
 Command: `{COMMAND}`.
