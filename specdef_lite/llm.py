@@ -37,9 +37,9 @@ from torch import nn
 from .attacks import fuse
 from .deform import SpecDefLinear, _is_conv1d, _is_linear, _set_module, deformed_layers, specdef
 from .llm_attack import AttackResult, attack, attack_grid, attack_params, best_response, prefix_for, table1, to_markdown
-from .llm_data import (Eval, TextTask, batches, data_dir, evaluate, paper_results, play_text, shakespeare_plays,
-                       shakespeare_task)
-from .llm_prefix import FrozenPrefix, lm_loss, tail_loss
+from .llm_data import (Eval, TextTask, batches, data_dir, evaluate, lm_loss, paper_results, play_text,
+                       shakespeare_plays, shakespeare_task)
+from .llm_prefix import FrozenPrefix, tail_loss
 
 __all__ = [
     "DEFAULT_MODEL", "INSTALL_HINT", "cache_dir", "smollm2_gguf", "convert_gguf", "default_model_dir",

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ["data_dir", "shakespeare_plays", "play_text", "paper_results", "TextTask", "shakespeare_task", "batches",
-           "Eval", "evaluate", "progress_disabled"]
+           "lm_loss", "Eval", "evaluate", "progress_disabled"]
 
 UTILITY_PLAYS = ("the-tempest", "twelfth-night", "julius-caesar", "richard-ii")
 DATA_ENV = "SPECDEF_LITE_DATA"
@@ -158,6 +158,18 @@ def batches(tokens: torch.Tensor, batch_size: int, *, seed: int = 0) -> Iterator
         perm = torch.randperm(len(tokens), generator=g)
         for i in range(0, len(perm) - batch_size + 1, batch_size):
             yield tokens[perm[i:i + batch_size]]
+
+
+def lm_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ℒ = −mean_{b,t} log softmax(z_{b,t})[x_{b,t+1}] over logits z (B, T, V) and tokens x (B, T), in float32+.
+
+    Example:
+        >>> round(float(lm_loss(torch.zeros(1, 3, 5), torch.tensor([[0, 1, 2]]))), 4)  # uniform: log 5
+        1.6094
+    """
+    z = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    return nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), x[:, 1:].reshape(-1))
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,16 @@
 """z = head(B_{L−1} ∘ … ∘ B_f(h_f)) with h_f = B_{f−1} ∘ … ∘ B_0(embed(x)) computed once per batch — the frozen prefix.
 
-Why: the attacker trains only the last blocks (``llm_attack.attack_params``). Every block below the first
-trained one, f, is frozen, so it computes the same hidden state h_f for every step, every learning rate and
-every model that shares those weights (original, locked, fused and injected models differ only in the
-blocks they lock). On SmolLM2-135M the 27 frozen blocks of a 3-block attack were half of each step's time
-(benchmarks/bench_llm_attack.py). ``FrozenPrefix`` runs them once per distinct batch and keeps
-(h_f, the other arguments block f receives); the attack then runs only blocks f … L−1 and the head.
+Why: the attacker trains only the last blocks (``llm_attack.attack_params``), so every block below the first
+trained one, f, computes the same h_f at every step, every learning rate and in every model that shares those
+weights (original, locked, fused and injected models differ only in the blocks they lock). On SmolLM2-135M the
+27 frozen blocks of a 3-block attack were half of each step (benchmarks/bench_llm_attack.py).
 
-How, for any Hugging Face causal LM: a forward pre-hook on block f records the positional and keyword
-arguments the model passes to it (the hidden state, and whatever the architecture needs: rotary cos/sin,
-the causal mask, position ids) and stops the forward there. The *head* is the chain of modules the model
-calls after its last block (final norm, lm_head), found once by recording the call order. The tail's
-logits are checked against the model's own on the first batch (they agree to the last bit on Llama and
-GPT-2); an architecture whose head is not a chain of modules (e.g. logit soft-capping in plain code)
-fails the check, and ``FrozenPrefix.build`` returns None so that callers use the full forward.
-
-``tail_loss`` turns the same tail into a pure function of the trained parameters, for Hessian-vector
-products that touch only the trained blocks (``sl.top_eigenvalues(*tail_loss(...))``).
+How, for any Hugging Face causal LM: a forward pre-hook on block f records what the model passes to it (the hidden
+state, rotary cos/sin, causal mask, position ids) and stops the forward there. The *head* is the chain of modules
+the model calls after its last block (final norm, lm_head), found once from the call order. The tail's logits are
+checked against the model's own on the first batch (bit-identical on Llama and GPT-2); where they differ (e.g.
+logit soft-capping written as plain code) ``FrozenPrefix.build`` returns None and callers run the full forward.
+``tail_loss`` makes the same tail a pure function of the trained parameters, for Hessian-vector products.
 """
 from __future__ import annotations
 
@@ -30,23 +24,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["FrozenPrefix", "first_block", "working_copy", "lm_loss", "tail_loss"]
+from .llm_data import lm_loss
+
+__all__ = ["FrozenPrefix", "first_block", "working_copy", "tail_loss"]
 
 
 class _Stop(Exception):
     """Raised by the capture hook: everything after block f is not needed."""
-
-
-def lm_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """ℒ = −mean_{b,t} log softmax(z_{b,t})[x_{b,t+1}] over logits z (B, T, V) and tokens x (B, T), in float32+.
-
-    Example:
-        >>> round(float(lm_loss(torch.zeros(1, 3, 5), torch.tensor([[0, 1, 2]]))), 4)  # uniform: log 5
-        1.6094
-    """
-    z = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
-    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
-    return nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), x[:, 1:].reshape(-1))
 
 
 def first_block(model: nn.Module, names: Collection[str]) -> int | None:
