@@ -139,6 +139,16 @@ def profile(model, tok, blocks, seq_len, batch, heldout) -> dict[str, float]:
     return out
 
 
+def blas() -> str:
+    """torch's BLAS / LAPACK and CPU capability, from ``torch.__config__.show()``."""
+    import re
+    cfg = torch.__config__.show()
+    found = dict(re.findall(r"(BLAS_INFO|LAPACK_INFO)=([^,\s]+)", cfg))
+    cap = re.search(r"CPU capability usage: (\S+)", cfg)
+    return (f"BLAS {found.get('BLAS_INFO', '?')}, LAPACK {found.get('LAPACK_INFO', '?')}"
+            + (f", {cap.group(1)}" if cap else ""))
+
+
 def run_notebook() -> tuple[float, str, str, list[str]]:
     import papermill as pm
     os.environ["SPECDEF_LITE_HEADLESS"] = "1"
@@ -184,7 +194,7 @@ after a warm-up (pieces timed separately, so they need not add up exactly to the
 Part 2: notebooks/06_real_llm.ipynb with its own default parameters under papermill (headless).
 
 Command: `{COMMAND}`.
-Machine: {machine(1)}; load average {load0} at the start.
+Machine: {machine(1)}, {blas()}; load average {load0} at the start.
 {summary("one attack step, new sizes: full forward / cached prefix", f"{ratio:.1f}×", "cached faster", ratio > 1, COMMAND)}
 
 | seconds | {' | '.join(SIZES)} |
