@@ -226,19 +226,36 @@ def _param_bill(answer, L: int = 4, d: int = 64, k: int = 1) -> Feedback:
 @exercise("05.smallest_update", "A weight stored in `dtype` equals 1.0. What is the smallest update Δ > 0 for which "
                                 "fl(1 + Δ) ≠ 1, i.e. the update survives rounding?")
 def _smallest_update(answer, dtype: str = "bfloat16") -> Feedback:
-    """min{Δ > 0 : fl(1 + Δ) ≠ 1}, found by bisection on the real format (``precision.smallest_update``).
+    """min{Δ > 0 : fl(1 + fl(Δ)) ≠ 1}: the smallest number of the format above u = 2⁻ᵖ (``precision.smallest_update``).
+
+    Exactly u is a tie (1 + u lies halfway between 1 and 1 + ε) and rounds to even, back to 1; so is any real
+    Δ that rounds to u in the format. Right: an answer that, stored in the format, is the first number above u,
+    u(1 + 2u) — the smallest update that survives (so 0.003937 is right for bfloat16's 0.00393677…).
 
     Example:
-        >>> bool(_smallest_update(2 ** -8)), bool(_smallest_update(2 ** -7))
-        (True, False)
+        >>> [bool(_smallest_update(a)) for a in (2 ** -8 + 2 ** -15, 0.003937, 2 ** -8, 2 ** -8 * 1.001, 2 ** -7)]
+        [True, True, False, False, False]
     """
     if (missing := _missing_answer("05.smallest_update", answer)) is not None:
         return missing
     import torch
-    from .precision import as_dtype, smallest_update
-    expected = smallest_update(dtype, 1.0)
-    eps = float(torch.finfo(as_dtype(dtype)).eps)
-    a = float(answer)
+    from .exercises import as_number
+    from .precision import as_dtype, smallest_update, vanishes
+    dt = as_dtype(dtype)
+    threshold = smallest_update(dtype, 1.0)                 # the smallest real Δ that survives: just above u + u²
+    eps = float(torch.finfo(dt).eps)
+    u = eps / 2
+    expected = u * (1 + eps)                                # the first number of the format above u
+    a = as_number(answer)
+    if a is None or a != a:
+        return Feedback("05.smallest_update", False, answer, "?", "Please answer with one number.")
+    one = torch.ones((), dtype=torch.float64)
+    survives = a > 0 and not bool(vanishes(one, torch.tensor(float(a), dtype=torch.float64), dt))
+    ok = survives and float(torch.tensor(float(a), dtype=torch.float64).to(dt)) == expected
+    p = round(-torch.log2(torch.tensor(u)).item())
+    right = (f"The first {dtype} number above u = 2^-{p}: u(1 + 2u) = 2^-{p} + 2^-{2 * p - 1} ≈ {expected:.6g}. Exactly u is a "
+             f"tie — 1 + u lies halfway between 1 and the next number 1 + ε — and rounds to even, back to 1; a real Δ is "
+             f"rounded to {dtype} first, so every Δ above {threshold:.6g} becomes this number and survives.")
     if a <= 0:
         wrong = (f"The question asks for an update Δ > 0; 1 + {a:.3g} {'is 1 itself' if a == 0 else 'moves down, not up'}."
                  f" The smallest positive update that survives is just above half the gap ε = {eps:.3g} from 1 to the "
@@ -246,11 +263,12 @@ def _smallest_update(answer, dtype: str = "bfloat16") -> Feedback:
     elif abs(a - eps) <= 0.05 * eps:
         wrong = (f"ε = {eps:.3g} is the gap from 1 to the next {dtype} number. Rounding goes to the *nearest* "
                  f"number, so anything past half the gap already rounds up.")
-    elif a < expected:
-        wrong = f"1 + {a:.3g} is nearer to 1 than to the next {dtype} number ({1 + eps:.6g}), so it rounds back to 1."
+    elif not survives and float(torch.tensor(a, dtype=torch.float64).to(dt)) == u:
+        wrong = (f"{a:.6g} is stored in {dtype} as u = ε/2 = 2^-{p}, and 1 + u lies exactly halfway between 1 and "
+                 f"1 + ε: a tie, which rounds to even — back to 1. The answer is the next {dtype} number above u.")
+    elif not survives:
+        wrong = f"1 + {a:.3g} is nearer to 1 than to the next {dtype} number, 1 + ε = 1 + {eps:.3g}, so it rounds back to 1."
     else:
         wrong = f"Smaller updates survive too: the threshold is half the gap ε = {eps:.3g} from 1 to the next number."
-    right = (f"Half the gap: ε/2 = u = 2^{round(torch.log2(torch.tensor(eps / 2)).item())} ≈ {expected:.3g} "
-             f"(exactly u is a tie and rounds to even, back to 1). Relative updates below u vanish.")
-    return compare("05.smallest_update", answer, expected, rtol=0.05, right=right, wrong=wrong)
+    return Feedback("05.smallest_update", ok, answer, float(f"{expected:.6g}"), right if ok else wrong)
 

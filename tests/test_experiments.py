@@ -174,3 +174,52 @@ def test_readme_best_response_example_prints_what_it_says():
             script.append(line)
     assert checks >= 3
     exec("\n".join(script), {"sl": sl, "__name__": "readme"})  # noqa: S102 - our own README
+
+
+def test_lam_max_is_the_largest_eigenvalue_of_each_locked_hessian(race, toy):
+    """2/λ_max is GD's local limit: λ_max by Lanczos against the dense spectrum, at every α of the race."""
+    lam = race.lam_max()
+    for a, got in zip(race.alphas, lam):
+        dense = torch.linalg.eigvalsh(sl.hessian(*sl.loss_fn_of(sl.specdef(toy.released, float(a)), toy.task)))
+        assert got == pytest.approx(float(dense[-1]), rel=1e-8)
+    assert lam[-1] / lam[-2] == pytest.approx(100.0, rel=0.05)  # α ×10 → λ_max ×α² once the lock dominates
+
+
+def _answered(lr: float) -> BestResponse:
+    o = Outcome(lr, 10, False)
+    return BestResponse("", 0.1, 50, (o,), o, True)
+
+
+def test_attacker_lrs_says_where_eta_was_measured_and_extrapolates_along_the_laws():
+    from specdef_lite.experiments import RaceTable, attacker_lrs
+    race = RaceTable(np.array([1.0, 100.0]), {"sgd": (_answered(0.3), _answered(3e-5)), "adam": (_answered(0.03), _answered(3e-4))},
+                     {"sgd": _answered(0.3), "adam": _answered(0.03)}, {"sgd": 50, "adam": 50}, 0.1, 1.0)
+    eta = attacker_lrs(race, [1.0, 10.0, 100.0, 1e4])
+    assert eta.source["sgd"].tolist() == ["measured", "interpolated", "measured", "law"]
+    np.testing.assert_allclose(eta.lrs["sgd"], [0.3, 3e-3, 3e-5, 3e-9], rtol=1e-12)    # log-midpoint; η ∝ 1/α² beyond
+    np.testing.assert_allclose(eta.lrs["adam"], [0.03, 3e-3, 3e-4, 3e-6], rtol=1e-12)  # η ∝ 1/α beyond
+    assert eta.measured_up_to("sgd") == 100.0
+
+
+def test_vanishing_at_the_law_reproduces_the_vanishing_table(toy):
+    """Given the η the law gives, ``vanishing_at`` computes exactly what ``precision.vanishing_table`` does."""
+    from specdef_lite.experiments import AttackerLrs, vanishing_at
+    from specdef_lite.precision import feasible_lr, vanishing_table
+    alphas, lr1 = np.array([1.0, 1e4, 1e8]), {"sgd": 0.3, "adam": 0.01}
+    ref = vanishing_table(toy.released, toy.task, alphas, lr1, dtypes=["float32", "bfloat16"], gd_lr="law")
+    eta = AttackerLrs(alphas, {o: feasible_lr(alphas, v, o) for o, v in lr1.items()},
+                      {o: np.array(["law"] * 3) for o in lr1})
+    got = vanishing_at(toy.released, toy.task, eta, dtypes=["float32", "bfloat16"])
+    for o in lr1:
+        np.testing.assert_array_equal(got.lrs[o], ref.lrs[o])
+        np.testing.assert_array_equal(got.rel_updates[o], ref.rel_updates[o])
+        for d in ("float32", "bfloat16"):
+            np.testing.assert_array_equal(got.vanished[o, d], ref.vanished[o, d])
+    np.testing.assert_array_equal(got.groups, ref.groups)
+    np.testing.assert_array_equal(got.forward_errors["float32"], ref.forward_errors["float32"])
+
+
+def test_precision_run_counts_the_weights_that_moved(toy):
+    r = precision_attack(toy, 1e4, "sgd", "bfloat16", lrs=[1e-9, 1e-8], steps=30)
+    n = sum(p.numel() for p in sl.specdef(toy.released, 2.0).parameters())
+    assert r.n_weights == n and 0 <= r.n_moved <= n and r.moved == r.n_moved / n

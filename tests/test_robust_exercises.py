@@ -9,10 +9,12 @@ from specdef_lite.exercises import as_number, check, compare
 
 def test_a_tiny_expected_value_is_shown_to_six_significant_digits():
     fb = check("05.smallest_update", 0.0, dtype="float32")
-    assert not fb and fb.expected == pytest.approx(2 ** -24, rel=1e-5)  # was shown as 0.0
-    assert "you said 0.0; expected 5.96046e-08" in str(fb)
+    assert not fb and fb.expected == pytest.approx(2 ** -24 + 2 ** -47, rel=1e-5)  # was shown as 0.0
+    assert "you said 0.0; expected 5.96047e-08" in str(fb)
     assert "asks for an update Δ > 0" in fb.why
-    assert check("05.smallest_update", 2 ** -24, dtype="float32")
+    assert check("05.smallest_update", 2 ** -24 + 2 ** -47, dtype="float32")   # the first float32 number above u
+    tie = check("05.smallest_update", 2 ** -24, dtype="float32")             # exactly u: a tie, back to 1
+    assert not tie and "tie" in tie.why
     assert compare("x", 1.0, 123456789.0, rtol=0.1, right="", wrong="").expected == 123457000.0
 
 

@@ -12,6 +12,7 @@ comparison is the attacker's best response (``best_response``, ``slowdown``).
 | ``kappa`` | steps to τ against κ on a quadratic (notebook 01) |
 | ``descent`` | the iterates θ_t of GD / Adam / Newton on a 2-D quadratic (01's explorer) |
 | ``deformation`` | spectrum, function and σ₁(∇²ℒ) against α (notebook 02) |
+| ``families`` | the eigenvalues a lock throws out (k·m, ∝ α²) and pulls in (k·n, ∝ 1/α²) (notebook 02) |
 | ``race`` | every optimizer's best response against every lock (notebook 03) |
 | ``attack`` | locked vs fused vs injected, each at its best response (notebook 04) |
 | ``bill`` | the parameters injection adds, counted (notebook 04) |
@@ -34,10 +35,12 @@ _EXPORTS = {
     "best_fixed_step_steps": "kappa",
     "Path": "descent", "descent_path": "descent",
     "DeformationSweep": "deformation", "deformation_sweep": "deformation",
+    "SpectrumFamilies": "families", "spectrum_families": "families", "pulled_curvature": "families",
     "RaceTable": "race", "race_table": "race",
     "AttackTable": "attack", "attack_table": "attack",
     "ParameterBill": "bill", "parameter_bill": "bill",
-    "PrecisionRun": "low_precision", "precision_attack": "low_precision",
+    "PrecisionRun": "low_precision", "precision_attack": "low_precision", "AttackerLrs": "low_precision",
+    "attacker_lrs": "low_precision", "vanishing_at": "low_precision", "param_names": "low_precision",
     "LoraAttacks": "lora_attack", "LoraRun": "lora_attack", "lora_attacks": "lora_attack",
     "loglog_slope": "slope", "log_grid": "grid", "nearest": "grid", "snap": "grid",
 }

@@ -119,6 +119,18 @@ class RaceTable:
                      optimizer_kw=self.optimizer_kw.get(optimizer, {}), stop_at_target=True,
                      label=f"{LABELS.get(optimizer, optimizer)} lr={lr:.2g}")
 
+    def lam_max(self) -> np.ndarray:
+        """(A,) λ_max(∇²ℒ) — the largest eigenvalue, by Lanczos — at the released weights of each locked model.
+
+        2/λ_max is gradient descent's *local* stability limit: exact on the quadratic that matches the loss at
+        the start (notebook 01). On the real, non-quadratic loss the curvature changes along the path, so the
+        measured ``max_stable_lr`` may sit above it; ``max_stable_lr(o) · lam_max() / 2`` says by how much.
+        """
+        from ..curvature import loss_fn_of
+        from ..eigen import top_eigenvalues
+        return np.array([float(top_eigenvalues(*loss_fn_of(self.locked(a), self.task), which="LA").values[0])
+                         for a in self.alphas])
+
     def locked(self, alpha: float):
         """A fresh copy of the released model locked at the grid α nearest ``alpha``."""
         return specdef(self.released, float(self.alphas[self.index(alpha)]), k=self.k, targets=self.targets)

@@ -1,5 +1,7 @@
 """Numbers as the notebooks' prose writes them: 10⁴ as "10<sup>4</sup>", 0.123 as "12.3 %", a step count or "—".
 
+Also a best response's step count with its "≥" when it is only a lower bound, and a count with its noun.
+
 The notebooks compute every number they print (an f-string over their own results); these three
 formatters keep the same number looking the same in every notebook.
 """
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["e10", "pct", "steps"]
+__all__ = ["e10", "pct", "steps", "at_least", "count"]
 
 
 def e10(a: float) -> str:
@@ -38,3 +40,25 @@ def steps(s: float | int | None) -> str:
         ('12', '—', '—')
     """
     return "—" if s is None or not math.isfinite(float(s)) else f"{float(s):.0f}"
+
+
+def at_least(response) -> str:
+    """A best response's steps to τ, or "≥ B + 1" when τ was not reached within the budget B (a lower bound).
+
+    Example:
+        >>> from specdef_lite.experiments.best_response import BestResponse, Outcome
+        >>> hit, miss = Outcome(0.1, 12, False), Outcome(0.1, None, False)
+        >>> at_least(BestResponse("", 0.0, 50, (hit,), hit, True)), at_least(BestResponse("", 0.0, 50, (miss,), None, False))
+        ('12', '≥ 51')
+    """
+    return f"{'' if response.reached else '≥ '}{response.lower_bound}"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 eigenvalue", "16 eigenvalues" (``plural`` for irregular nouns).
+
+    Example:
+        >>> count(1, "entry", "entries"), count(256, "entry", "entries"), count(0, "step")
+        ('1 entry', '256 entries', '0 steps')
+    """
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
