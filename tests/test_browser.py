@@ -3,9 +3,11 @@
 What the papermill harness cannot see: the live explorers (ipywidgets + plotly ``FigureWidget``) rendered
 by JupyterLab in headless Chromium, every control pressed or clicked the way a student does, the kernel's
 callback, the plot changing in the page, and what the page and JupyterLab's Log Console say meanwhile.
-For each notebook (a copy with its test parameters injected, like papermill's) the test
+The ``browser`` fixture opens each notebook (a copy with its test parameters injected, like papermill's)
+in its own tab and runs all its cells, one notebook after the other; then, for each notebook, the test
 
-* runs all cells and fails on an error output;
+* fails on an error output of the run, and if the kernel status said idle for more than 2 s while cells
+  still waited for their turn (the status bar showed Idle beside ``[*]`` cells);
 * finds every explorer, drives **every** control (sliders by arrow keys, toggle buttons and drop-downs by
   clicks) and fails if an action leaves the plot's data unchanged; each action's key press → plot changed
   time is recorded (median, n and the load go to ``build/browser-latency.json``, which
@@ -15,9 +17,11 @@ For each notebook (a copy with its test parameters injected, like papermill's) t
   the fit again in a 1400 px window, where it takes the explorer screenshots;
 * fails on any error or warning in the page console and on any entry in JupyterLab's Log Console (the
   logger JupyterLab keeps per notebook; a widget callback's traceback lands there);
-* saves the notebook, shuts its kernel down, reopens it on a fresh kernel and fails if any output shows
-  "Error displaying widget" / "model not found"; each explorer must come back as its static copy
-  (``display.explorer_bundle`` + the server's ``display.pre_save_hook``, configured from ``.jupyter/``).
+* saves the notebook and fails if the file keeps a widget view that no new kernel could restore, or
+  lacks an explorer's static copy (``display.explorer_bundle`` + the server's ``display.pre_save_hook``,
+  configured from ``.jupyter/``). The last test closes every notebook, ends the sessions, reopens them
+  all on fresh kernels and fails if an output shows "Error displaying widget" / "model not found" or an
+  explorer's static copy is not drawn in its place (and the tqdm bars are gone).
 
 The page and the kernel must also agree: the plot in the page holds every array the kernel's figure
 holds (an x lost on the way draws a curve against its indices).
