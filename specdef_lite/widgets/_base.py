@@ -41,11 +41,11 @@ class _LiveFigure(go.FigureWidget):
     """A ``FigureWidget`` whose comm opens once it is complete, so the front end gets the model in one message.
 
     plotly opens the widget's comm in its constructor, before it fills ``_widget_data`` / ``_widget_layout``
-    (the state its view draws from), which then follow as updates; we also change two traits after
-    construction. Updates that reached JupyterLab while the model was still loading its 5 MB front-end
-    module were lost when several notebooks rendered at once (tests/test_browser.py, seven notebooks on
-    a loaded machine): an empty plot, or a plot that ignored every later update. Opened at the end of the
-    constructor, the model carries all of it, and nothing is sent until a control moves.
+    (the state its view draws from), which then follow as separate updates. With several notebooks
+    rendering at once on a loaded machine (tests/test_browser.py), a view was sometimes drawn from the
+    comm_open state alone: an empty plot that stayed empty, since later updates only restyle existing
+    traces. Opened at the end of the constructor, the model carries its figure, and nothing is sent
+    until a control moves.
 
     Two traits are set before opening:
     * ``_view_count = None`` — ipywidgets' default. plotly turns view counting on (0) and never reads it;
