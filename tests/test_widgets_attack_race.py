@@ -111,7 +111,13 @@ def test_race_explorer_live(table):
     assert isinstance(ex.figure, go.FigureWidget)
     ex.controls["alpha"].value = 100.0
     mine = ex._idx["mine"]
-    assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0, float(table.best_lr("adam")[0])).losses)
+    # η moved to the nearest value the scan tried at α = 100: a run already in the table, nothing trained
+    tried = sorted(table.sweeps["adam"][2].lrs)
+    lr_now = ex.controls["lr"].value
+    assert lr_now in tried and [o[1] for o in ex.controls["lr"].options] == tried
+    assert abs(np.log10(lr_now) - np.log10(table.best_lr("adam")[0])) == min(
+        abs(np.log10(v) - np.log10(table.best_lr("adam")[0])) for v in tried)
+    assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0, lr_now).losses)
     ex.controls["lr"].value = float(table.best_lr("adam")[2])
     assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0).losses)
     assert len(ex.latencies) == 2

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import specdef_lite as sl
+from specdef_lite.display import fmt
 from specdef_lite.experiments.deformation import deformation_sweep
 from specdef_lite.experiments.descent import descent_path
 from specdef_lite.experiments.kappa import gd_rate, steps_vs_kappa
@@ -191,7 +192,7 @@ def test_deformation_headless_alpha_slider(deform, toy):
         np.testing.assert_allclose(fig.data[1].y, sig, rtol=1e-12)
         assert fig.data[9].y[0] == pytest.approx(sigma1, rel=1e-8)  # σ₁ marker = top_eigenvalues
         assert fig.data[9].x[0] == alpha and fig.data[9].y[1] <= fig.data[9].y[0]  # bound below
-        assert f"α = {alpha:.3g}" in fig.data[10].text[0]
+        assert f"α = {fmt(alpha)}" in fig.data[10].text[0]
     # a value between grid points snaps to the nearest one (log scale)
     deform.set(alpha=2500.0)
     assert deform.figure.data[9].x[0] == 1e3 and deform.at()["alpha"] == 1e3
@@ -210,7 +211,7 @@ def test_deformation_static_figure_one_step_per_alpha(deform):
     deform.set(alpha=1e2, k=1)
     fig = deform.static_figure()
     steps = _slider_steps(fig)
-    assert len(steps) == len(deform.grid) and [s.label for s in steps] == ["1", "10", "100", "1e+03", "1e+04"]
+    assert len(steps) == len(deform.grid) and [s.label for s in steps] == ["1", "10", "100", "1e+3", "1e+4"]
     assert fig.layout.sliders[0].active == 2
     restyle, traces = steps[4].args
     sw = deform.sweep(1)

@@ -9,16 +9,47 @@ page without a kernel keeps a working slider. Tests call ``explorer.set(alpha=�
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from ..display import is_live, slider_figure
+from ..display import explorer_bundle, fmt, is_live, plain, slider_figure
 from ..experiments.grid import log_grid, nearest, snap  # noqa: F401 - the explorers' α grids
 
 Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
+
+
+class _LiveFigure(go.FigureWidget):
+    """A ``FigureWidget`` whose comm opens once it is complete, so the front end gets the model in one message.
+
+    plotly opens the widget's comm in its constructor, before it fills ``_widget_data`` / ``_widget_layout``
+    (the state its view draws from), which then follow as separate updates. With several notebooks
+    rendering at once on a loaded machine (tests/test_browser.py), a view was sometimes drawn from the
+    comm_open state alone: an empty plot that stayed empty, since later updates only restyle existing
+    traces. Opened at the end of the constructor, the model carries its figure, and nothing is sent
+    until a control moves.
+
+    Two traits are set before opening:
+    * ``_view_count = None`` — ipywidgets' default. plotly turns view counting on (0) and never reads it;
+      every view then syncs its removal, and closing a notebook (kernel connection gone first) logged
+      "Could not send widget sync message" in the page console.
+    * ``_config = {"responsive": True}`` — plotly.js follows the window, so the plot stays inside the
+      output area at any window width.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._deferred_open = True
+        super().__init__(*args, **kwargs)
+        self._view_count = None
+        self._config = {"responsive": True, "displaylogo": False}
+        self._deferred_open = False
+        self.open()
+
+    def open(self):
+        if not getattr(self, "_deferred_open", False):
+            super().open()
 
 
 class Explorer:
@@ -40,11 +71,13 @@ class Explorer:
         # tests/test_browser.py: curves drawn against their indices).
         live, self.live = self.live, False
         self.figure = self.build_figure()
+        self.figure.update_layout(autosize=True, width=None)  # as wide as the output area, whatever the window
         self.apply(self.state())
         self.live = live
-        if live:
-            self.figure = go.FigureWidget(self.figure)
-        if self.live:
+        self._box = None
+        if live:  # plain lists only: see display.plain (a numpy array here logs a ValueError on every update)
+            self.figure = _LiveFigure(data=[plain(t.to_plotly_json()) for t in self.figure.data],
+                                      layout=plain(self.figure.layout.to_plotly_json()))
             for name, w in self.controls.items():
                 w.observe(self._on_change, names="value")
 
@@ -81,10 +114,10 @@ class Explorer:
         if self.live:
             with self.figure.batch_update():
                 for i, attrs in frame.items():
-                    self.figure.data[i].update(attrs)
+                    self.figure.data[i].update(plain(attrs))
         else:
             for i, attrs in frame.items():
-                self.figure.data[i].update(attrs)
+                self.figure.data[i].update(plain(attrs))
 
     def _on_change(self, _change=None) -> None:
         if getattr(self, "_holding", False):  # set() assigns several controls, then applies once
@@ -109,7 +142,7 @@ class Explorer:
             for name, v in values.items():
                 w = self.controls[name]
                 if hasattr(w, "value"):
-                    w.value = v  # live: the figure is updated once, below
+                    w.value = _on_options(w, v)  # live: the figure is updated once, below
                 else:
                     self.controls[name] = v
         finally:
@@ -160,16 +193,22 @@ class Explorer:
         return slider_figure(fig, frames, labels, prefix=self.prefix, active=active)
 
     def widget(self):
-        """The ipywidgets layout: controls above the figure."""
+        """The ipywidgets layout: one row of controls (wrapping only where the output area is too narrow)
+        above the figure, which fills the output area's width. Built once: every display shows the same box."""
         import ipywidgets as W
-        return W.VBox([W.HBox(list(self.controls.values())), self.figure])
+        if self._box is None:
+            row = W.HBox(list(self.controls.values()),
+                         layout=W.Layout(flex_flow="row wrap", align_items="center", width="100%",
+                                         justify_content="flex-start", grid_gap="0px 18px"))
+            self._box = W.VBox([row, self.figure], layout=W.Layout(width="100%"))
+        return self._box
 
     def _ipython_display_(self):
         from IPython.display import display
 
         from ..display import show
         if self.live:
-            display(self.widget())
+            display(explorer_bundle(self.widget(), self.figure, _name(self)), raw=True)
         else:
             show(self.static_figure())
 
@@ -201,14 +240,70 @@ def _range(widget: Any, grid: Sequence[float] | None) -> tuple[float | None, flo
     return (base ** lo, base ** hi) if base else (lo, hi)
 
 
+def _on_options(widget, value):
+    """A numeric value for a selection widget snapped to its nearest option (log scale); others unchanged."""
+    options = getattr(widget, "options", None)
+    if not options or not isinstance(value, (int, float, np.floating)) or isinstance(value, bool):
+        return value
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    if value in values or not all(isinstance(x, (int, float, np.floating)) and x > 0 for x in values) or value <= 0:
+        return value
+    return values[nearest(values, value)]
+
+
+def _name(explorer: Explorer) -> str:
+    """'explorer' with a hint of which: ConditioningExplorer → 'conditioning explorer'."""
+    return type(explorer).__name__.replace("Explorer", "").lower() + " explorer"
+
+
 def _label(v: Any) -> str:
     if isinstance(v, (int, float, np.floating)):
-        return f"{float(v):.3g}"
+        return fmt(v)
     return str(v)
 
 
-def alpha_slider(value: float = 1.0, lo: float = 1.0, hi: float = 1e6, per_decade: int = 4, **kw):
-    """A log slider for α with a readout in the symbol; values snap to the explorer's precomputed grid."""
+def log_ticks() -> dict:
+    """Tick settings for a log axis that stay legible: one label a decade, as a power of ten.
+
+    plotly's default on a log axis spanning a few decades labels every 2 and 5 as well, in small print that
+    crowds the axis (notebook 04's steps axis). Decade labels are also the cheapest to redraw: a slider
+    update redraws every axis (tick arrays and minor ticks measurably slowed notebook 03's updates)."""
+    return dict(dtick=1, exponentformat="power")
+
+
+# --- controls, sized so that an explorer's whole row fits a 900 px output area --------------------------
+SLIDER_WIDTH = "290px"
+
+
+def _compact(kw: dict, width: str = SLIDER_WIDTH) -> dict:
+    """Layout and style keywords for a compact control: a label as wide as its text, a fixed overall width."""
+    import ipywidgets as W
+    kw.setdefault("layout", W.Layout(width=width))
+    kw.setdefault("style", {"description_width": "initial"})
+    return kw
+
+
+def log_slider(value: float, lo: float, hi: float, per_decade: float, description: str, **kw):
+    """A log₁₀ slider snapped to ``per_decade`` steps a decade, with a 3-digit readout (``.3g``)."""
     import ipywidgets as W
     return W.FloatLogSlider(value=value, base=10, min=np.log10(lo), max=np.log10(hi), step=1 / per_decade,
-                            description="α", readout_format=".0e", continuous_update=False, **kw)
+                            description=description, readout_format=".3g", continuous_update=False,
+                            **_compact(kw))
+
+
+def alpha_slider(value: float, grid: Sequence[float], description: str = "α", **kw):
+    """A slider over the explorer's precomputed α grid, labelled as the plots label α (``display.fmt``).
+
+    The values are the grid's own, so a slider position is always a precomputed state, and the readout
+    says 3.16e+5 where the plot says 3.16e+5 (a ``.0e`` readout said 3e+5)."""
+    import ipywidgets as W
+    options = [(fmt(a), float(a)) for a in grid]
+    return W.SelectionSlider(options=options, value=snap(value, grid), description=description,
+                             continuous_update=False, **_compact(kw))
+
+
+def toggle(options, value, description: str, button_width: str = "74px", **kw):
+    """Toggle buttons that stay on one row: fixed, narrow buttons and a label as wide as its text."""
+    import ipywidgets as W
+    kw.setdefault("style", {"description_width": "initial", "button_width": button_width})
+    return W.ToggleButtons(options=options, value=value, description=description, **kw)

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 
 from ..experiments.attack import AttackTable
 from ..experiments.tuning import LABELS
-from ._base import Explorer, alpha_slider, snap
+from ._base import Explorer, alpha_slider, log_ticks, snap
 from .race import _finite
 
 __all__ = ["AttackerExplorer", "CURVES"]
@@ -42,14 +42,12 @@ class AttackerExplorer(Explorer):
     def make_controls(self):
         if not self.live:
             return {"alpha": self._alpha0}
-        g = np.log10(self.grid)
-        per_decade = (len(g) - 1) / (g[-1] - g[0]) if len(g) > 1 and g[-1] > g[0] else 1
-        return {"alpha": alpha_slider(self._alpha0, lo=self.grid[0], hi=self.grid[-1], per_decade=per_decade)}
+        return {"alpha": alpha_slider(self._alpha0, self.grid)}
 
     def build_figure(self) -> go.Figure:
         t = self.table
         opt = LABELS.get(t.optimizer, t.optimizer)
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.11,
                             subplot_titles=(f"harmful loss ℒ_H, {opt} on every model",
                                             "steps to reach τ vs α"))
         for key in ("original", "injected_ref"):  # 0, 1: α-free references
@@ -86,12 +84,13 @@ class AttackerExplorer(Explorer):
         loss0 = t.extra.get("loss0", t.target * 10)
         fig.update_xaxes(title_text="step t", range=[0, t.steps], row=1, col=1)
         fig.update_yaxes(title_text="ℒ_H (log)", type="log", row=1, col=1,
-                         range=[math.log10(t.target) - 1.2, math.log10(loss0) + 0.5])
-        fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2)
+                         range=[math.log10(t.target) - 1.2, math.log10(loss0) + 0.5], **log_ticks())
+        fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2, **log_ticks())
         fig.update_yaxes(title_text="steps to τ (log; ▵ = not reached)", type="log", row=1, col=2,
-                         range=[0, math.log10(1.6 * t.steps)])
-        fig.update_layout(height=540, margin=dict(t=120, b=40, l=60, r=20),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0, xanchor="left"))
+                         range=[0, math.log10(1.6 * t.steps)], **log_ticks())
+        fig.update_layout(height=540, margin=dict(t=120, b=45, l=60, r=15),
+                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0, xanchor="left", font_size=12))
+        fig.update_annotations(font_size=14)
         return fig
 
     def compute(self, alpha) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..display import fmt
 from ..experiments.descent import OPTIMIZERS, Path, descent_path
 from ..experiments.kappa import gd_rate
 from ._base import Explorer
@@ -80,23 +81,20 @@ class ConditioningExplorer(Explorer):
     def make_controls(self) -> dict[str, Any]:
         if not self.live:
             return dict(self._start)
-        import ipywidgets as W
+        from ._base import log_slider, toggle
         return {
-            "kappa": W.FloatLogSlider(value=self._start["kappa"], base=10, min=self.KAPPA_RANGE[0],
-                                      max=self.KAPPA_RANGE[1], step=1 / self.PER_DECADE, description="κ",
-                                      readout_format=".3g", continuous_update=False),
-            "lr": W.FloatLogSlider(value=self._start["lr"], base=10, min=self.LR_RANGE[0], max=self.LR_RANGE[1],
-                                   step=1 / self.PER_DECADE, description="η", readout_format=".3g",
-                                   continuous_update=False),
-            "optimizer": W.ToggleButtons(options=list(OPTIMIZERS), value=self._start["optimizer"],
-                                         description="optimizer"),
+            "kappa": log_slider(self._start["kappa"], 10 ** self.KAPPA_RANGE[0], 10 ** self.KAPPA_RANGE[1],
+                                self.PER_DECADE, "κ"),
+            "lr": log_slider(self._start["lr"], 10 ** self.LR_RANGE[0], 10 ** self.LR_RANGE[1], self.PER_DECADE, "η"),
+            "optimizer": toggle(list(OPTIMIZERS), self._start["optimizer"], "optimizer"),
         }
 
     def build_figure(self) -> go.Figure:
-        fig = make_subplots(rows=1, cols=3, column_widths=[0.36, 0.32, 0.32], horizontal_spacing=0.08,
-                            subplot_titles=("path on the loss contours (log₁₀ ℒ)", "loss per step",
-                                            "GD: contraction per step max|1 − ηλ|"))
-        fig.add_trace(go.Contour(x=self._x, y=self._y, z=np.zeros((self.grid_points, self.grid_points)),
+        fig = make_subplots(rows=1, cols=3, column_widths=[0.34, 0.33, 0.33], horizontal_spacing=0.075,
+                            subplot_titles=("path on the contours of log₁₀ ℒ", "loss per step",
+                                            "GD's contraction ρ(η) per step"))
+        fig.add_trace(go.Contour(x0=float(self._x[0]), dx=float(self._x[1] - self._x[0]), y0=float(self._y[0]),
+                                 dy=float(self._y[1] - self._y[0]), z=np.zeros((self.grid_points, self.grid_points)),
                                  colorscale="Blues", reversescale=True, ncontours=24, showscale=False,
                                  line=dict(width=0.5), hoverinfo="skip", name="log₁₀ ℒ"), 1, 1)  # 0
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", marker=dict(size=4), line=dict(width=2),
@@ -129,8 +127,9 @@ class ConditioningExplorer(Explorer):
         fig.update_xaxes(title_text="learning rate η", type="log", range=list(self.LR_RANGE),
                          exponentformat="power", dtick=1, row=1, col=3)
         fig.update_yaxes(title_text="ρ(η) (GD converges iff ρ < 1)", range=[0, 2.1], row=1, col=3)
-        fig.update_layout(height=430, width=1150, margin=dict(t=60, b=50, l=60, r=20), showlegend=False,
+        fig.update_layout(height=430, margin=dict(t=50, b=50, l=55, r=15), showlegend=False,
                           hovermode="closest")
+        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
         return fig
 
     def compute(self, *, kappa: float, lr: float, optimizer: str) -> dict[int, dict]:
@@ -174,7 +173,7 @@ class ConditioningExplorer(Explorer):
 
 def _verdict(p: Path, kappa: float, steps: int) -> str:
     ratio = p.lr * kappa / 2
-    head = f"{p.optimizer}, η = {p.lr:.3g} = {ratio:.2f} × 2/λ_max"
+    head = f"{p.optimizer}, η = {fmt(p.lr, trim=False)} = {ratio:.2f} × 2/λ_max"
     if p.diverged_at is not None:
         tail = f"diverged at step {p.diverged_at}"
     elif p.converged_at is not None:

@@ -17,8 +17,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ..display import fmt, is_live
 from ..experiments.deformation import DeformationSweep, deformation_sweep
-from ._base import Explorer, log_grid, snap
+from ._base import Explorer, log_grid, log_ticks, snap
 
 __all__ = ["DeformationExplorer"]
 
@@ -39,8 +40,9 @@ def _gaps(y) -> np.ndarray:
 class DeformationExplorer(Explorer):
     """SpecDef on a small MLP: spectrum before/after, max|f − f'| vs α, σ₁(∇²ℒ) vs α beside Theorem 3's bound.
 
-    Controls: α (log slider, 1 … ``alpha_max``, snapped to the grid) and k. Each k is swept over the whole
-    α grid once, on first use; every other update is a lookup (``sweep(k)``, ``frame``).
+    Controls: α (log slider, 1 … ``alpha_max``, snapped to the grid) and k. Live, every k the slider reaches
+    is swept over the whole α grid when the explorer is built (k_max sweeps, ~0.3 s each at 25 α values),
+    so every control change is a lookup (``sweep(k)``, ``frame``); headless, only the k shown is swept.
 
     Args:
         problem: a ``problems.ToyProblem`` (default ``teacher_student(seed=seed)``: 8 → 16 → 16 → 1, tanh).
@@ -67,6 +69,9 @@ class DeformationExplorer(Explorer):
         self._sweeps: dict[int, DeformationSweep] = {}
         W, _ = _sl().linear_weight(self.problem.released.get_submodule(layer))
         self._sigma_W = torch.linalg.svdvals(W.detach().double()).numpy()
+        if is_live(live):  # a first visit of k = 2 … k_max would otherwise cost a whole sweep (0.6–0.9 s)
+            for kk in range(1, self.k_max + 1):
+                self.sweep(kk)
         super().__init__(live=live)
 
     def sweep(self, k: int | None = None) -> DeformationSweep:
@@ -83,15 +88,15 @@ class DeformationExplorer(Explorer):
             return dict(self._start)
         import ipywidgets as W
         from ._base import alpha_slider
-        return {"alpha": alpha_slider(self._start["alpha"], 1.0, float(self.grid[-1]), self.per_decade),
+        return {"alpha": alpha_slider(self._start["alpha"], self.grid),
                 "k": W.IntSlider(value=self._start["k"], min=1, max=self.k_max, description="k",
-                                 continuous_update=False)}
+                                 continuous_update=False, layout=W.Layout(width="220px"),
+                                 style={"description_width": "initial"})}
 
     def build_figure(self) -> go.Figure:
-        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
-                            subplot_titles=("singular values of the deformed layer",
-                                            "same function? max |f − f'| on held-out inputs",
-                                            "curvature σ₁(∇²ℒ) of the attacker's loss"))
+        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.085,
+                            subplot_titles=("σᵢ of the deformed layer", "same function? max |f − f'|",
+                                            "curvature σ₁(∇²ℒ) of the attack"))
         idx = np.arange(1, self._sigma_W.size + 1)
         a = self.grid
         grey, blue, red, green = "#888", "#1f77b4", "#d62728", "#2ca02c"
@@ -121,13 +126,15 @@ class DeformationExplorer(Explorer):
         fig.add_trace(go.Scatter(x=[], y=[], mode="text", textposition="bottom right", showlegend=False,
                                  textfont=dict(size=12)), 1, 3)  # 10: verdict
         fig.update_xaxes(title_text="index i", row=1, col=1)
-        fig.update_yaxes(title_text="σᵢ", type="log", exponentformat="power", row=1, col=1)
+        fig.update_yaxes(title_text="σᵢ", type="log", row=1, col=1, **log_ticks())
         for col in (2, 3):
             fig.update_xaxes(title_text="α", type="log", exponentformat="power", dtick=2, row=1, col=col)
         fig.update_yaxes(title_text="max |f − f'|", type="log", exponentformat="power", row=1, col=2)
         fig.update_yaxes(title_text="σ₁ (log scale)", type="log", exponentformat="power", row=1, col=3)
-        fig.update_layout(height=520, width=1200, margin=dict(t=120, b=40, l=60, r=20),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.12, x=0.0), hovermode="closest")
+        fig.update_layout(height=540, margin=dict(t=125, b=45, l=55, r=15),
+                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0.0, font_size=12),
+                          hovermode="closest")
+        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
         return fig
 
     def compute(self, *, alpha: float, k: int) -> dict[int, dict]:
@@ -135,8 +142,8 @@ class DeformationExplorer(Explorer):
         i = sw.index(alpha)
         a = sw.alphas
         guide = 10 * sw.sigma1_H[-1] * (a / a[-1]) ** 2  # ×10 above the largest α, where σ₁ ∝ α² holds
-        text = (f"α = {a[i]:.3g}, k = {k}<br>σ₁(∇²ℒ) = {sw.sigma1_H[i]:.3g} (×{sw.sigma1_H[i] / sw.sigma1_H[0]:.2g}"
-                f" vs α = 1)<br>bound = {sw.bound[i]:.3g}<br>GD needs η < 2/σ₁ = {sw.max_stable_lr[i]:.2g}")
+        text = (f"α = {fmt(a[i])}, k = {k}<br>σ₁(∇²ℒ) = {fmt(sw.sigma1_H[i])} (×{fmt(sw.sigma1_H[i] / sw.sigma1_H[0])}"
+                f" vs α = 1)<br>bound = {fmt(sw.bound[i])}<br>GD needs η < 2/σ₁ = {fmt(sw.max_stable_lr[i])}")
         return {
             1: {"y": sw.sigma_W_tilde[i]},
             2: {"y": _gaps(sw.err_specdef)},

@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..precision import VanishingTable, unit_roundoff
-from ._base import Explorer, alpha_slider, nearest, snap
+from ..display import fmt
+from ._base import Explorer, alpha_slider, log_ticks, nearest, snap, toggle
 
 __all__ = ["PrecisionExplorer", "GROUPS", "BINS"]
 
@@ -51,15 +52,10 @@ class PrecisionExplorer(Explorer):
     def make_controls(self):
         if not self.live:
             return dict(self._init)
-        import ipywidgets as W
-        g = np.log10(self.grid)
-        per_decade = (len(g) - 1) / (g[-1] - g[0]) if len(g) > 1 and g[-1] > g[0] else 1
-        return {"alpha": alpha_slider(self._init["alpha"], lo=self.grid[0], hi=self.grid[-1], per_decade=per_decade),
-                "dtype": W.ToggleButtons(options=list(self.table.dtypes), value=self._init["dtype"],
-                                         description="format"),
-                "optimizer": W.ToggleButtons(options=[(OPT_STYLE.get(o, (o,))[0].split(",")[0], o)
-                                                      for o in self.table.lrs],
-                                             value=self._init["optimizer"], description="optimizer")}
+        return {"alpha": alpha_slider(self._init["alpha"], self.grid),
+                "dtype": toggle(list(self.table.dtypes), self._init["dtype"], "format", button_width="78px"),
+                "optimizer": toggle([(OPT_STYLE.get(o, (o,))[0].split(",")[0], o) for o in self.table.lrs],
+                                    self._init["optimizer"], "optimizer", button_width="58px")}
 
     def build_figure(self) -> go.Figure:
         t = self.table
@@ -99,12 +95,13 @@ class PrecisionExplorer(Explorer):
                          range=[BINS[0], BINS[-1]])
         fig.update_yaxes(title_text="parameter entries", row=1, col=1)
         fig.update_layout(barmode="overlay")
-        fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2)
+        fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2, **log_ticks())
         fig.update_yaxes(title_text="fraction fl(w + Δ) = w", range=[-0.05, 1.05], row=1, col=2)
-        fig.update_xaxes(title_text="α (log)", type="log", row=2, col=2)
-        fig.update_yaxes(title_text="relative error (log)", type="log", row=2, col=2)
-        fig.update_layout(height=680, margin=dict(t=120, b=40, l=60, r=20),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0, xanchor="left"))
+        fig.update_xaxes(title_text="α (log)", type="log", row=2, col=2, **log_ticks())
+        fig.update_yaxes(title_text="relative error (log)", type="log", row=2, col=2, exponentformat="power")
+        fig.update_layout(height=680, margin=dict(t=120, b=45, l=60, r=15),
+                          legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0, xanchor="left", font_size=12))
+        fig.update_annotations(font_size=14)
         return fig
 
     def compute(self, alpha, dtype, optimizer) -> dict:
@@ -125,7 +122,7 @@ class PrecisionExplorer(Explorer):
         lr = float(t.lrs[optimizer][i])
         lost = float(t.fraction(optimizer, dtype)[i])
         frame[self._idx["line"]] = {"x": [hi, hi], "y": [0, top],
-                                    "name": f"u = 2^{round(math.log2(u))} ({dtype}); η = {lr:.2g}, "
+                                    "name": f"u = 2^{round(math.log2(u))} ({dtype}); η = {fmt(lr)}, "
                                             f"{100 * lost:.1f} % vanish"}
         for j, o in zip(self._idx["frac"], t.lrs):
             frame[j] = {"y": t.fraction(o, dtype).tolist()}

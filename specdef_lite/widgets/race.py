@@ -7,6 +7,7 @@ curve it shows is a ``Trace`` from the library's ``train``, computed once and ca
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -15,9 +16,15 @@ from plotly.subplots import make_subplots
 from ..experiments.plots import COLORS
 from ..experiments.race import RaceTable
 from ..experiments.tuning import LABELS
-from ._base import Explorer, alpha_slider, snap
+from ._base import Explorer, alpha_slider, log_ticks, nearest, snap
 
 __all__ = ["RaceExplorer", "LABELS", "COLORS"]
+
+
+def _eta(lr: float) -> str:
+    """A learning rate in 3 digits with a short exponent: 0.316, 3.16e-7 (slider labels and legend alike)."""
+    text = f"{float(lr):.3g}"
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", text)
 
 
 def _finite(values) -> list:
@@ -27,7 +34,14 @@ def _finite(values) -> list:
 
 class RaceExplorer(Explorer):
     """α slider, optimizer and η: the chosen run's loss curve at α beside every optimizer's best run at α;
-    below, T(τ) against α and η_max against α (log–log, with the 1/α² law of GD and 1/α of Adam)."""
+    below, T(τ) against α and η_max against α (log–log, with the 1/α² law of GD and 1/α of Adam).
+
+    Live, the η slider offers the learning rates the attacker's scan tried for the chosen optimizer at the
+    chosen α (``RaceTable.sweeps``): every position is a run already in the table, so no control change
+    trains anything (a Newton run not in the table cost ~350 ms). Changing α or the optimizer moves η to
+    the nearest value tried there. The start: α (default the grid's first), the optimizer, and η = ``lr``
+    if given, else that optimizer's best η at the start α (its largest stable η if none reached τ).
+    """
 
     def __init__(self, table: RaceTable, *, alpha: float | None = None, optimizer: str | None = None,
                  lr: float | None = None, live: bool | None = None):
@@ -37,31 +51,65 @@ class RaceExplorer(Explorer):
         self._opt0 = optimizer or opts[0]
         if self._opt0 not in opts:
             raise ValueError(f"optimizer {self._opt0!r} is not in the table ({', '.join(opts)})")
-        all_lrs = sorted({float(v) for o in opts for s in table.sweeps[o] for v in s.lrs})
-        self.lr_options = all_lrs
-        lr0 = lr if lr is not None else table.best_lr(self._opt0)[0]
-        self._lr0 = float(lr0) if lr0 is not None and np.isfinite(lr0) else all_lrs[len(all_lrs) // 2]
         self._alpha0 = snap(alpha if alpha is not None else self.grid[0], self.grid)
+        self._lr0 = float(lr) if lr is not None and np.isfinite(lr) else self._sensible_lr(self._opt0, self._alpha0)
+        self._syncing = False
         super().__init__(live=live)
 
     def choices(self):
         return {"optimizer": self.table.optimizers}  # set() refuses an optimizer the table did not race
 
+    def tried(self, optimizer: str, alpha: float) -> list[float]:
+        """The η the attacker's scan tried for ``optimizer`` at (the grid α nearest) ``alpha``, ascending."""
+        return sorted(float(v) for v in self.table.sweeps[optimizer][self.table.index(alpha)].lrs)
+
+    def _sensible_lr(self, optimizer: str, alpha: float) -> float:
+        sw = self.table.sweeps[optimizer][self.table.index(alpha)]
+        for lr in (sw.best_lr, sw.max_stable_lr):
+            if lr is not None and np.isfinite(lr):
+                return float(lr)
+        tried = self.tried(optimizer, alpha)
+        return tried[0]
+
+    def _lr_options(self, optimizer: str, alpha: float, lr: float) -> tuple[list, float]:
+        """Options of the η slider at (optimizer, α) and the value nearest ``lr`` among them (log scale)."""
+        tried = self.tried(optimizer, alpha)
+        value = tried[nearest(tried, lr)] if lr not in tried else lr
+        return [(_eta(v), v) for v in tried], value
+
     def make_controls(self):
         if not self.live:
             return {"alpha": self._alpha0, "optimizer": self._opt0, "lr": self._lr0}
         import ipywidgets as W
-        g = np.log10(self.grid)
-        per_decade = (len(g) - 1) / (g[-1] - g[0]) if len(g) > 1 and g[-1] > g[0] else 1
+        from ._base import _compact
         opts = [(LABELS.get(o, o), o) for o in self.table.optimizers]
-        lr_opts = [(f"{v:.2g}", v) for v in self.lr_options]
-        if self._lr0 not in self.lr_options:
-            lr_opts = sorted(lr_opts + [(f"{self._lr0:.2g}", self._lr0)], key=lambda t: t[1])
+        lr_opts, lr0 = self._lr_options(self._opt0, self._alpha0, self._lr0)
+        if self._lr0 != lr0:  # an η the scan did not try at the start α (given by the caller): offer it too
+            lr_opts, lr0 = sorted(lr_opts + [(_eta(self._lr0), self._lr0)], key=lambda o: o[1]), self._lr0
         return {
-            "alpha": alpha_slider(self._alpha0, lo=self.grid[0], hi=self.grid[-1], per_decade=per_decade),
-            "optimizer": W.Dropdown(options=opts, value=self._opt0, description="optimizer"),
-            "lr": W.SelectionSlider(options=lr_opts, value=self._lr0, description="η", continuous_update=False),
+            "alpha": alpha_slider(self._alpha0, self.grid),
+            "optimizer": W.Dropdown(options=opts, value=self._opt0, description="optimizer",
+                                    **_compact({}, width="170px")),
+            "lr": W.SelectionSlider(options=lr_opts, value=lr0, description="η", continuous_update=False,
+                                    **_compact({})),
         }
+
+    def _on_change(self, change=None) -> None:
+        """α or optimizer changed: first give the η slider the values tried there, then update once."""
+        if self._syncing:
+            return
+        w = self.controls["lr"]
+        if change is not None and change.get("owner") is not w:
+            state = self.state()
+            options, value = self._lr_options(state["optimizer"], state["alpha"], state["lr"])
+            if list(w.options) != options:
+                self._syncing = True
+                try:
+                    w.options = options  # ipywidgets selects the first option here …
+                    w.value = value  # … then η goes to the value nearest the one the student had
+                finally:
+                    self._syncing = False
+        super()._on_change(change)
 
     def build_figure(self) -> go.Figure:
         t = self.table
@@ -112,14 +160,15 @@ class RaceExplorer(Explorer):
                          lr_marker=len(fig.data) - 1)
         fig.update_xaxes(title_text="step t", range=[0, n_max], row=1, col=1)
         fig.update_yaxes(title_text="ℒ_H (log)", type="log", row=1, col=1,
-                         range=[math.log10(t.target) - 1.2, math.log10(t.loss0) + 2])
-        fig.update_xaxes(title_text="α (log)", type="log", row=2, col=1)
-        fig.update_xaxes(title_text="α (log)", type="log", row=2, col=2)
+                         range=[math.log10(t.target) - 1.2, math.log10(t.loss0) + 2], **log_ticks())
+        fig.update_xaxes(title_text="α (log)", type="log", row=2, col=1, **log_ticks())
+        fig.update_xaxes(title_text="α (log)", type="log", row=2, col=2, **log_ticks())
         fig.update_yaxes(title_text="steps to τ (log; ▵ = not reached)", type="log", row=2, col=1,
-                         range=[0, math.log10(1.6 * n_max)])
-        fig.update_yaxes(title_text="η_max (log)", type="log", row=2, col=2)
-        fig.update_layout(height=800, margin=dict(t=110, b=40, l=60, r=20),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, xanchor="left"))
+                         range=[0, math.log10(1.6 * n_max)], **log_ticks())
+        fig.update_yaxes(title_text="η_max (log)", type="log", row=2, col=2, **log_ticks())
+        fig.update_layout(height=800, margin=dict(t=110, b=45, l=60, r=15),
+                          legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, xanchor="left", font_size=12))
+        fig.update_annotations(font_size=14)
         return fig
 
     def compute(self, alpha, optimizer, lr) -> dict:
@@ -133,7 +182,7 @@ class RaceExplorer(Explorer):
         s = mine.steps_to(t.target)
         status = "diverged" if mine.diverged else (f"τ in {s} steps" if s is not None else "τ not reached")
         frame[self._idx["mine"]] = {"x": list(range(len(mine.losses))), "y": _finite(mine.losses),
-                                    "name": f"your run: {LABELS.get(optimizer, optimizer)}, η={lr:.2g} ({status})"}
+                                    "name": f"your run: {LABELS.get(optimizer, optimizer)}, η={_eta(lr)} ({status})"}
         frame[self._idx["steps_marker"]] = {"x": [a, a]}
         frame[self._idx["lr_marker"]] = {"x": [a, a]}
         return frame
