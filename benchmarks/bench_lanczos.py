@@ -24,11 +24,11 @@ import time
 import numpy as np
 import torch
 
-from specdef_lite.deform import specdef
-from specdef_lite.eigen import lanczos, power_iteration
-from specdef_lite.curvature import hessian, loss_fn_of
-from specdef_lite.operators import HessianOperator, as_operator
-from specdef_lite.problems import Task, mlp
+from specdef_lite.lock.deform import specdef
+from specdef_lite.curvature.eigen import lanczos, power_iteration
+from specdef_lite.curvature.products import hessian, loss_fn_of
+from specdef_lite.curvature.operators import HessianOperator, as_operator
+from specdef_lite.optim.problems import Task, mlp
 
 from _common import load, log, machine, summary
 

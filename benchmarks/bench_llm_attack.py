@@ -48,8 +48,8 @@ def timed(fn, n: int = 5) -> float:
 
 def profile(model, tok, blocks, seq_len, batch, heldout) -> dict[str, float]:
     from specdef_lite import llm
-    from specdef_lite.llm_data import lm_loss
-    from specdef_lite.llm_prefix import FrozenPrefix, first_block, working_copy
+    from specdef_lite.llm.data import lm_loss
+    from specdef_lite.llm.prefix import FrozenPrefix, first_block, working_copy
 
     task = llm.shakespeare_task(tok, "macbeth", seq_len=seq_len, heldout=heldout, utility=1)
     x = next(llm.batches(task.train, batch, seed=0))

@@ -9,7 +9,7 @@ projections that get locked (``targets`` = those 48, k = 1, α = 1e4, ``method="
 The floor: SpecDef needs each matrix's top singular vector, so the least any lock can cost is a partial
 SVD of each of the 48 matrices: ``torch.svd_lowrank(W64, q=k+10, niter=4)`` on each matrix alone, timed on
 matrices already in float64 (the call ``specdef`` used to make). ``specdef`` now runs block Krylov
-(``specdef_lite.lowrank``) until the top singular value stops rising, which random Gaussian weights (no
+(``specdef_lite.lock.lowrank``) until the top singular value stops rising, which random Gaussian weights (no
 spectral gap) need more passes for than niter = 4 gives; its own partial-SVD time is measured alone too, so
 the table splits the lock into "partial SVD" and "beyond the SVD" (copy, W̃ and C, casts). The promise
 σ₁(W̃) = α σ₁(W) is checked for **every** locked matrix against σ₁(W) from ``torch.linalg.svdvals`` (float64)
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import specdef_lite as sl
-from specdef_lite.lowrank import top_k_krylov
+from specdef_lite.lock.lowrank import top_k_krylov
 
 from _common import load, log, machine, summary
 

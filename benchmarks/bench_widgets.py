@@ -51,7 +51,7 @@ def _cells(path: Path) -> list[str]:
 
 def build_explorers(path: Path) -> dict[str, object]:
     """Execute a notebook's cells here and return its explorers by variable name (live)."""
-    from specdef_lite.widgets import Explorer
+    from specdef_lite.course.widgets import Explorer
 
     ns: dict = {"__name__": f"bench_{path.stem}"}
     cwd = os.getcwd()

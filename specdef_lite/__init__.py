@@ -12,27 +12,34 @@ __version__ = "0.1.0"
 # public name -> module that defines it (one idea per module)
 _EXPORTS = {
     # the deformation (PAPER.md, "SpecDef")
-    "SpecDefLinear": "deform", "specdef": "deform", "scale_only": "deform",
-    "deformed_layers": "deform", "spectrum_ratio": "deform", "linear_weight": "deform",
+    "SpecDefLinear": "lock.deform", "specdef": "lock.deform", "scale_only": "lock.deform",
+    "deformed_layers": "lock.deform", "spectrum_ratio": "lock.deform", "linear_weight": "lock.deform",
     # the attacker (PAPER.md, "The limit")
-    "fuse": "attacks", "inject": "attacks", "InjectedLinear": "attacks",
-    "param_overhead": "attacks", "ParamOverhead": "attacks", "detect": "attacks", "detect_scores": "attacks",
+    "fuse": "lock.attacks", "inject": "lock.attacks", "InjectedLinear": "lock.attacks",
+    "param_overhead": "lock.attacks", "ParamOverhead": "lock.attacks", "detect": "lock.attacks", "detect_scores": "lock.attacks",
     # curvature
-    "as_operator": "operators", "HessianOperator": "operators", "LinearOperator": "operators",
-    "hessian": "curvature", "hvp": "curvature", "loss_fn_of": "curvature", "select_params": "curvature",
-    "flatten_params": "curvature", "unflatten_like": "curvature", "cross_block": "theorem3",
-    "top_eigenvalues": "eigen", "lanczos": "eigen", "power_iteration": "eigen", "EigenResult": "eigen",
-    "theorem3_bound": "theorem3", "theorem3_factors": "theorem3", "Theorem3Result": "theorem3",
-    "hessian_trace": "trace", "TraceResult": "trace", "hutchinson": "trace", "hutch_plus_plus": "trace",
-    "spectral_density": "density", "SpectralDensity": "density", "slq": "density",
-    "spectrum_sweep": "spectrum", "SpectrumSweep": "spectrum", "spectrum_figure": "widgets.spectrum",
+    "as_operator": "curvature.operators", "HessianOperator": "curvature.operators", "LinearOperator": "curvature.operators",
+    "hessian": "curvature.products", "hvp": "curvature.products", "loss_fn_of": "curvature.products", "select_params": "curvature.products",
+    "flatten_params": "curvature.products", "unflatten_like": "curvature.products", "cross_block": "curvature.theorem3",
+    "top_eigenvalues": "curvature.eigen", "lanczos": "curvature.eigen", "power_iteration": "curvature.eigen", "EigenResult": "curvature.eigen",
+    "theorem3_bound": "curvature.theorem3", "theorem3_factors": "curvature.theorem3", "Theorem3Result": "curvature.theorem3",
+    "hessian_trace": "curvature.trace", "TraceResult": "curvature.trace", "hutchinson": "curvature.trace", "hutch_plus_plus": "curvature.trace",
+    "spectral_density": "curvature.density", "SpectralDensity": "curvature.density", "slq": "curvature.density",
+    "spectrum_sweep": "curvature.spectrum", "SpectrumSweep": "curvature.spectrum", "spectrum_figure": "course.widgets.spectrum",
     # optimisation
-    "make_optimizer": "optim", "Newton": "optim", "Sophia": "optim",
-    "train": "training", "Trace": "training",
+    "make_optimizer": "optim.optimizers", "Newton": "optim.optimizers", "Sophia": "optim.optimizers",
+    "train": "optim.training", "Trace": "optim.training",
     # experiments: the attacker's best response is the unit of every "is it slowed?" comparison
     "best_response": "experiments.tuning", "slowdown": "experiments.best_response",
     "BestResponse": "experiments.best_response", "Slowdown": "experiments.best_response",
     "lr_sweep": "experiments.sweep", "Sweep": "experiments.sweep", "race": "experiments.sweep",
+}
+
+# modules users reach as sl.<name> (where each lives now: ARCHITECTURE.md)
+_MODULES = {
+    "problems": "optim.problems", "precision": "optim.precision", "deform": "lock.deform", "attacks": "lock.attacks",
+    "llm": "llm", "widgets": "course.widgets", "exercises": "course.exercises", "display": "common.display",
+    "experiments": "experiments",
 }
 
 __all__ = sorted(_EXPORTS) + ["problems", "llm", "widgets", "precision", "exercises", "display", "experiments"]
@@ -42,8 +49,8 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
-    if name in {"problems", "llm", "widgets", "precision", "exercises", "deform", "attacks", "display", "experiments"}:
-        return importlib.import_module(f"{__name__}.{name}")
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{_MODULES[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

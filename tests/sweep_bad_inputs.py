@@ -75,7 +75,7 @@ def run_sub(code: str, *, mem_gb: float | None = None, timeout: float = 300) -> 
 
 
 def run_cli(args: list[str], timeout: float = 600) -> str:
-    p = subprocess.run([sys.executable, "-m", "specdef_lite.cli", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "specdef_lite.llm.cli", *args], capture_output=True, text=True,
                        timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     err = [ln for ln in p.stderr.strip().splitlines() if ln.strip() and not (ln.startswith("(") and ln.endswith(" s)"))]
     tb = any("Traceback" in e for e in err)
@@ -457,7 +457,8 @@ llm.save(m, {str(root / 'killed')!r})
 def explorer_cases() -> list[tuple[str, str, object]]:
     import numpy as np
 
-    from specdef_lite import precision, problems, widgets
+    from specdef_lite.optim import precision, problems
+    from specdef_lite.course import widgets
     from specdef_lite.experiments.race import race_table
     from specdef_lite.experiments.tuning import lr_grid
 
@@ -510,7 +511,7 @@ def exercise_cases() -> list[tuple[str, str, object]]:
     import numpy as np
     import torch
 
-    from specdef_lite.exercises import check
+    from specdef_lite.course.exercises import check
     cases = []
     E = "exercises.check"
     cases.append((E, "05.smallest_update, 0.0, dtype=float32", lambda: str(check("05.smallest_update", 0.0, dtype="float32"))))
@@ -541,7 +542,7 @@ def other_cases() -> list[tuple[str, str, object]]:
     import torch
 
     import specdef_lite as sl
-    from specdef_lite import precision, problems
+    from specdef_lite.optim import precision, problems
     model, task = problems.quadratic([1.0, 10.0], seed=0)
     toy = problems.teacher_student(width=4, n=16, seed=0)
     loss_fn, theta = sl.loss_fn_of(toy.released, toy.task)

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from specdef_lite.experiments.best_response import BestResponse, Outcome, search, slowdown
-from specdef_lite.problems import Quadratic, Task
-from specdef_lite.training import train
+from specdef_lite.optim.problems import Quadratic, Task
+from specdef_lite.optim.training import train
 
 
 def _two_eigen_quadratic(kappa: float) -> tuple[Quadratic, Task]:

@@ -1,4 +1,4 @@
-"""The HTML book (specdef_lite.book): one page per notebook, an index in reading order, interactive figures.
+"""The HTML book (specdef_lite.course.book): one page per notebook, an index in reading order, interactive figures.
 
 Built once per session from the executed notebooks in build/executed/ (the papermill harness writes
 them; copies older than their notebook or the library, or run with other parameters, are executed
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from specdef_lite import book
+from specdef_lite.course import book
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -362,13 +362,13 @@ _PAGE_SHAPES = """(id) => {
 # ... and in the kernel, for every live explorer of the notebook (the page must show what Python holds).
 _KERNEL_CODE = """
 import json as _json
-from specdef_lite.widgets import Explorer as _Explorer
+from specdef_lite.course.widgets import Explorer as _Explorer
 _n = lambda v: None if v is None else len(v)
 print(_json.dumps([[type(_e).__name__, [[_n(t.x), _n(t.y)] for t in _e.figure.data]]
                    for _e in {id(v): v for v in list(globals().values()) if isinstance(v, _Explorer) and v.live}.values()]))
 """
 _STATE_CODE = """
-from specdef_lite.widgets import Explorer as _Explorer
+from specdef_lite.course.widgets import Explorer as _Explorer
 for _e in {id(v): v for v in list(globals().values()) if isinstance(v, _Explorer) and v.live}.values():
     print(type(_e).__name__, _e.state(), len(_e.latencies), "updates")
 """

@@ -9,9 +9,9 @@ import torch
 from _nets import mlp
 from torch import nn
 
-from specdef_lite.eigen import EigenResult, lanczos, power_iteration, top_eigenvalues
-from specdef_lite.curvature import flatten_params, hessian, hvp, loss_fn_of, select_params, unflatten_like
-from specdef_lite.operators import HessianOperator, LinearOperator, as_operator, check_deterministic
+from specdef_lite.curvature.eigen import EigenResult, lanczos, power_iteration, top_eigenvalues
+from specdef_lite.curvature.products import flatten_params, hessian, hvp, loss_fn_of, select_params, unflatten_like
+from specdef_lite.curvature.operators import HessianOperator, LinearOperator, as_operator, check_deterministic
 
 F64 = torch.float64
 METHODS = ["forward-over-reverse", "double-backward", "finite-difference"]

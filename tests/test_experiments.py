@@ -13,11 +13,10 @@ import pytest
 import torch
 
 import specdef_lite as sl
-from specdef_lite.experiments import (attack_table, lr_sweep, plots, precision_attack, race_table,
-                                      steps_vs_kappa)
+from specdef_lite.experiments import attack_table, lr_sweep, plots, precision_attack, race_table, steps_vs_kappa
 from specdef_lite.experiments.best_response import BestResponse, Outcome
 from specdef_lite.experiments.tuning import anchor, closest, spanning, tracking_grid
-from specdef_lite.training import Trace
+from specdef_lite.optim.training import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,7 +203,7 @@ def test_attacker_lrs_says_where_eta_was_measured_and_extrapolates_along_the_law
 def test_vanishing_at_the_law_reproduces_the_vanishing_table(toy):
     """Given the η the law gives, ``vanishing_at`` computes exactly what ``precision.vanishing_table`` does."""
     from specdef_lite.experiments import AttackerLrs, vanishing_at
-    from specdef_lite.precision import feasible_lr, vanishing_table
+    from specdef_lite.optim.precision import feasible_lr, vanishing_table
     alphas, lr1 = np.array([1.0, 1e4, 1e8]), {"sgd": 0.3, "adam": 0.01}
     ref = vanishing_table(toy.released, toy.task, alphas, lr1, dtypes=["float32", "bfloat16"], gd_lr="law")
     eta = AttackerLrs(alphas, {o: feasible_lr(alphas, v, o) for o, v in lr1.items()},

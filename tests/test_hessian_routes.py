@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specdef_lite.curvature import flatten_params, hessian, hvp, loss_fn_of
-from specdef_lite.eigen import top_eigenvalues
-from specdef_lite.operators import HessianOperator
+from specdef_lite.curvature.products import flatten_params, hessian, hvp, loss_fn_of
+from specdef_lite.curvature.eigen import top_eigenvalues
+from specdef_lite.curvature.operators import HessianOperator
 
 F64 = torch.float64
 

@@ -12,11 +12,11 @@ import torch
 from scipy.sparse.linalg import LinearOperator as ScipyOperator
 from scipy.sparse.linalg import eigsh
 
-from specdef_lite.curvature import hessian, loss_fn_of
-from specdef_lite.deform import specdef
-from specdef_lite.eigen import lanczos
-from specdef_lite.operators import HessianOperator, as_operator
-from specdef_lite.problems import teacher_student
+from specdef_lite.curvature.products import hessian, loss_fn_of
+from specdef_lite.lock.deform import specdef
+from specdef_lite.curvature.eigen import lanczos
+from specdef_lite.curvature.operators import HessianOperator, as_operator
+from specdef_lite.optim.problems import teacher_student
 
 F64 = torch.float64
 

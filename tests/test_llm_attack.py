@@ -19,7 +19,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 import specdef_lite as sl  # noqa: E402
-from specdef_lite import inject, llm, llm_data, llm_prefix  # noqa: E402
+from specdef_lite import inject, llm
+from specdef_lite.llm import data as llm_data, prefix as llm_prefix  # noqa: E402
 from specdef_lite.experiments import BestResponse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def test_best_response_searches_attacks_and_reuses_runs(gen, monkeypatch):
     task = tiny_task(gen)
     start = llm.evaluate(model, task.heldout).loss
     calls = []
-    from specdef_lite import llm_attack
+    from specdef_lite.llm import finetune as llm_attack
     real = llm_attack.attack
 
     def counting(*a, **kw):
@@ -271,7 +272,7 @@ def test_a_built_wheel_carries_data_and_finds_it(tmp_path):
         z.extractall(tmp_path / "site")
     want = {f"specdef_lite/_data/{f.name}" for f in (ROOT / "data").iterdir() if f.suffix in {".txt", ".csv", ".md"}}
     assert want <= names and not any("/cache/" in n for n in names)
-    code = "from specdef_lite import llm_data; print(llm_data.data_dir()); print(len(llm_data.play_text('macbeth')))"
+    code = "from specdef_lite.llm import data as llm_data; print(llm_data.data_dir()); print(len(llm_data.play_text('macbeth')))"
     env = {k: v for k, v in os.environ.items() if k != "SPECDEF_LITE_DATA"}
     env["PYTHONPATH"] = str(tmp_path / "site")
     res = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); {code}"],
@@ -294,7 +295,7 @@ def test_smollm2_prefix_reproduces_the_logits(gen):
 
 def test_best_response_counts_reach_and_stay(monkeypatch, gen):
     # a run that dips below τ and climbs back has not reached it: only the step from which it stays counts
-    from specdef_lite import llm_attack
+    from specdef_lite.llm import finetune as llm_attack
 
     def fake(model, task, *, lr, steps, **kw):
         curve = {1e-3: [5.0, 4.8, 5.1, 4.7, 4.6], 1e-2: [5.0, 4.95, 4.92, 4.85, 4.8], 1e-1: [5.0, 90.0]}[lr]

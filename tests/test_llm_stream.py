@@ -15,8 +15,9 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from specdef_lite import cli, deformed_layers, llm  # noqa: E402
-from specdef_lite.llm_stream import is_sharded, stream_lock  # noqa: E402
+from specdef_lite.llm import cli
+from specdef_lite import deformed_layers, llm  # noqa: E402
+from specdef_lite.llm.stream import is_sharded, stream_lock  # noqa: E402
 
 
 def _random_init(model, gen):
@@ -52,7 +53,7 @@ def big_checkpoint(tmp_path_factory):
 _CHILD = """
 import json, re, sys, torch
 torch.set_num_threads(1)
-from specdef_lite.llm_stream import stream_lock
+from specdef_lite.llm.stream import stream_lock
 hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 base = hwm()
 r = stream_lock(sys.argv[1], sys.argv[2], 1e4, 25, max_shard_size="64MB", progress=False)
@@ -150,7 +151,7 @@ def test_cli_streams_a_sharded_folder(tmp_path, gen, capsys):
 
 
 def test_load_weights_is_strict_except_for_tied_names(tmp_path, gen):
-    from specdef_lite.llm_shards import load_weights, read_weights
+    from specdef_lite.llm.shards import load_weights, read_weights
     src = tiny("llama", tmp_path / "src", gen)  # tied: lm_head.weight is not in the files
     model, _ = llm.load(src, tokenizer=False)
     state = read_weights(src)

@@ -1,6 +1,6 @@
 """LoRA through peft on locked layers: where the adapter sits decides whether it feels the lock.
 
-The maths (specdef_lite/lora.py), checked with numbers:
+The maths (specdef_lite/lock/lora.py), checked with numbers:
   * an adapter starts at B = 0: the function is unchanged, bit for bit, and only A, B train;
   * on W̃: C(W̃ + BA) = W + (CB)A, so ℒ_W̃(A, B) = ℒ_W(A, C·B) — the undefended adapter seen through C
     (‖C‖ = 1): its curvature is never above the undefended adapter's, whatever α;
@@ -14,9 +14,10 @@ import pytest
 import torch
 
 pytest.importorskip("peft")
-from specdef_lite import problems, specdef, train  # noqa: E402
+from specdef_lite.optim import problems
+from specdef_lite import specdef, train  # noqa: E402
 from specdef_lite.experiments.lora_attack import ATTACKS, lora_attacks, start_curvature  # noqa: E402
-from specdef_lite.lora import adapter_params, adapter_size, lora  # noqa: E402
+from specdef_lite.lock.lora import adapter_params, adapter_size, lora  # noqa: E402
 
 LAYERS = ["0", "2"]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdef_lite.lowrank import deformed_pair, top_k_krylov
+from specdef_lite.lock.lowrank import deformed_pair, top_k_krylov
 
 F64 = torch.float64
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from specdef_lite import inject, specdef
-from specdef_lite.optim import MuonAdam, Newton, Sophia, make_optimizer
-from specdef_lite.problems import linear_regression, quadratic, teacher_student
+from specdef_lite.optim.optimizers import MuonAdam, Newton, Sophia, make_optimizer
+from specdef_lite.optim.problems import linear_regression, quadratic, teacher_student
 from specdef_lite.experiments.slope import loglog_slope
 from specdef_lite.experiments.sweep import lr_sweep, race
-from specdef_lite.training import Trace, train
+from specdef_lite.optim.training import Trace, train
 
 F64 = torch.float64
 ALPHAS = (1.0, 10.0, 100.0)

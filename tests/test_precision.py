@@ -9,9 +9,9 @@ import torch
 
 import specdef_lite as sl
 from specdef_lite.experiments.slope import loglog_slope
-from specdef_lite.precision import (as_dtype, descent_lr, feasible_lr, forward_error, gradient_step, param_groups,
-                                    smallest_update, unit_roundoff, update_vanishing, vanishes, vanishing_fraction,
-                                    vanishing_table)
+from specdef_lite.optim.precision import (as_dtype, descent_lr, feasible_lr, forward_error, gradient_step,
+                                          param_groups, smallest_update, unit_roundoff, update_vanishing,
+                                          vanishes, vanishing_fraction, vanishing_table)
 
 F64 = torch.float64
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from specdef_lite import cli, llm  # noqa: E402
+from specdef_lite.llm import cli
+from specdef_lite import llm  # noqa: E402
 
 
 def tiny(seed=0, vocab=97, dtype=torch.float32):
@@ -161,7 +162,7 @@ def test_a_killed_cli_lock_leaves_the_previous_output(folders, tmp_path):
     out = tmp_path / "out"
     assert cli.main(["lock", str(folders["plain"]), str(out), "-k", "2", "--alpha", "100", "--blocks", "-1"]) == 0
     before, _ = llm.load(out, tokenizer=False)
-    p = subprocess.run([sys.executable, "-m", "specdef_lite.cli", "lock", str(folders["plain"]), str(out), "-k", "1",
+    p = subprocess.run([sys.executable, "-m", "specdef_lite.llm.cli", "lock", str(folders["plain"]), str(out), "-k", "1",
                         "--alpha", "10", "--blocks", "-2", "-1"], capture_output=True, text=True,
                        env={**os.environ, "SPECDEF_LITE_FAULT": "save:weights-written"}, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdef_lite.exercises import as_number, check, compare
+from specdef_lite.course.exercises import as_number, check, compare
 
 
 def test_a_tiny_expected_value_is_shown_to_six_significant_digits():

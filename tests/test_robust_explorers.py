@@ -5,8 +5,8 @@ import json
 import pytest
 
 import specdef_lite as sl
-from specdef_lite import precision
-from specdef_lite.widgets import ConditioningExplorer, DeformationExplorer, PrecisionExplorer, RaceExplorer
+from specdef_lite.optim import precision
+from specdef_lite.course.widgets import ConditioningExplorer, DeformationExplorer, PrecisionExplorer, RaceExplorer
 from specdef_lite.experiments.race import race_table
 from specdef_lite.experiments.tuning import lr_grid
 

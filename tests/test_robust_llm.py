@@ -17,7 +17,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from specdef_lite import checkpoint, deformed_layers, llm  # noqa: E402
+from specdef_lite.common import checkpoint
+from specdef_lite import deformed_layers, llm  # noqa: E402
 
 from _tiny_llm import tiny  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_a_save_killed_at_any_point_leaves_the_previous_output(good, point):
 def test_a_kill_between_two_renames_is_recovered(good):
     """Where the atomic exchange is missing the swap is two renames; a kill between them is undone on load."""
     out, z0 = good
-    code = "from specdef_lite import checkpoint\ncheckpoint._exchange = lambda a, b: False\n" + SAVE_OVER
+    code = "from specdef_lite.common import checkpoint\ncheckpoint._exchange = lambda a, b: False\n" + SAVE_OVER
     p = run_py(code.format(out=str(out)), env={"SPECDEF_LITE_FAULT": "save:between-renames"})
     assert p.returncode == -signal.SIGKILL
     assert not out.exists()  # the window the exchange closes

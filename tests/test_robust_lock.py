@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import specdef_lite as sl
-from specdef_lite.attacks import InjectedLinear
-from specdef_lite.deform import PrecisionWarning, forward_error_estimate
+from specdef_lite.lock.attacks import InjectedLinear
+from specdef_lite.lock.deform import PrecisionWarning, forward_error_estimate
 
 F64 = torch.float64
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import specdef_lite as sl
-from specdef_lite import problems
+from specdef_lite.optim import problems
 
 ALPHAS = (1.0, 10.0, 100.0)
 

@@ -8,10 +8,10 @@ import torch
 from _nets import mlp
 from torch import nn
 
-from specdef_lite.deform import specdef
-from specdef_lite.eigen import top_eigenvalues
-from specdef_lite.curvature import hessian, loss_fn_of
-from specdef_lite.theorem3 import Theorem3Result, cross_block, theorem3_bound, theorem3_factors
+from specdef_lite.lock.deform import specdef
+from specdef_lite.curvature.eigen import top_eigenvalues
+from specdef_lite.curvature.products import hessian, loss_fn_of
+from specdef_lite.curvature.theorem3 import Theorem3Result, cross_block, theorem3_bound, theorem3_factors
 
 F64 = torch.float64
 

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from specdef_lite.curvature import hessian, loss_fn_of
-from specdef_lite.deform import specdef
-from specdef_lite.density import SpectralDensity, _tridiagonal, slq, spectral_density
-from specdef_lite.operators import HessianOperator, as_operator
-from specdef_lite.problems import teacher_student
-from specdef_lite.spectrum import spectrum_sweep
-from specdef_lite.trace import TraceResult, hessian_trace, hutch_plus_plus, hutchinson
+from specdef_lite.curvature.products import hessian, loss_fn_of
+from specdef_lite.lock.deform import specdef
+from specdef_lite.curvature.density import SpectralDensity, _tridiagonal, slq, spectral_density
+from specdef_lite.curvature.operators import HessianOperator, as_operator
+from specdef_lite.optim.problems import teacher_student
+from specdef_lite.curvature.spectrum import spectrum_sweep
+from specdef_lite.curvature.trace import TraceResult, hessian_trace, hutch_plus_plus, hutchinson
 
 F64 = torch.float64
 

@@ -10,12 +10,12 @@ import plotly.graph_objects as go
 import pytest
 
 import specdef_lite as sl
-from specdef_lite.precision import vanishing_table
+from specdef_lite.optim.precision import vanishing_table
 from specdef_lite.experiments import attack_table, loglog_slope, lr_grid, parameter_bill, race_table
 from specdef_lite.experiments.plots import bill_figure
-from specdef_lite.widgets.attacker import AttackerExplorer
-from specdef_lite.widgets.precision import PrecisionExplorer
-from specdef_lite.widgets.race import RaceExplorer
+from specdef_lite.course.widgets.attacker import AttackerExplorer
+from specdef_lite.course.widgets.precision import PrecisionExplorer
+from specdef_lite.course.widgets.race import RaceExplorer
 
 ALPHAS = [1.0, 10.0, 100.0]
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import specdef_lite as sl
-from specdef_lite.display import fmt
+from specdef_lite.common.display import fmt
 from specdef_lite.experiments.deformation import deformation_sweep
 from specdef_lite.experiments.descent import descent_path
 from specdef_lite.experiments.kappa import gd_rate, steps_vs_kappa
 from specdef_lite.experiments.plots import loss_curves_figure
-from specdef_lite.widgets.conditioning import ConditioningExplorer
-from specdef_lite.widgets.deformation import DeformationExplorer
+from specdef_lite.course.widgets.conditioning import ConditioningExplorer
+from specdef_lite.course.widgets.deformation import DeformationExplorer
 
 ALPHAS = [1.0, 1e2, 1e4]
 

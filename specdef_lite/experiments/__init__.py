@@ -1,6 +1,6 @@
 """The course's experiments: sweeps that answer its questions, each returning a frozen result.
 
-One idea per module. Explorers (``specdef_lite.widgets``), exercise checkers and notebooks only read
+One idea per module. Explorers (``specdef_lite.course.widgets``), exercise checkers and notebooks only read
 these results; ``plots`` draws them as static figures. The unit of every "is the attacker slowed?"
 comparison is the attacker's best response (``best_response``, ``slowdown``).
 

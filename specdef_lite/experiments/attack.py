@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..attacks import detect, fuse, inject, param_overhead
-from ..deform import deformed_layers, specdef
-from ..training import Trace
+from ..lock.attacks import detect, fuse, inject, param_overhead
+from ..lock.deform import deformed_layers, specdef
+from ..optim.training import Trace
 from .best_response import BestResponse, Slowdown, slowdown
 from .grid import nearest
 from .tuning import around, best_response, spanning, tracking_grid
@@ -110,7 +110,7 @@ def attack_table(problem, alphas: Sequence[float], *, optimizer: str = "sgd", st
         ValueError: if an undefended reference never reaches τ within the budget.
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
+        >>> from specdef_lite.optim.problems import teacher_student
         >>> p = teacher_student(width=4, n=16, seed=0)
         >>> tab = attack_table(p, [1.0, 1e4], steps=100)
         >>> tab.ratio("fused").tolist(), tab.ratio("injected").tolist()

@@ -187,7 +187,7 @@ def search(run: Callable[[float], Outcome], lrs: Sequence[float], *, budget: int
         raise ValueError(f"learning rates must be finite and > 0, got {grid}")
     q = (grid[-1] / grid[0]) ** (1.0 / (len(grid) - 1)) if len(grid) > 1 else 10.0
     if progress is None:
-        from ..display import is_live
+        from ..common.display import is_live
         progress = is_live()
     bar = tqdm(total=len(grid), disable=not progress, desc=label or "best response", leave=False)
     outcomes: dict[float, Outcome] = {}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..attacks import inject, param_overhead
-from ..deform import specdef
-from ..problems import mlp
+from ..lock.attacks import inject, param_overhead
+from ..lock.deform import specdef
+from ..optim.problems import mlp
 
 __all__ = ["ParameterBill", "parameter_bill"]
 

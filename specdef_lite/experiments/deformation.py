@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..curvature import loss_fn_of, unflatten_like
-from ..deform import linear_weight, scale_only, specdef
-from ..eigen import top_eigenvalues
-from ..theorem3 import theorem3_bound
+from ..curvature.products import loss_fn_of, unflatten_like
+from ..lock.deform import linear_weight, scale_only, specdef
+from ..curvature.eigen import top_eigenvalues
+from ..curvature.theorem3 import theorem3_bound
 from .grid import nearest
 from .slope import loglog_slope
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..optim import make_optimizer
-from ..problems import quadratic
+from ..optim.optimizers import make_optimizer
+from ..optim.problems import quadratic
 
 __all__ = ["Path", "descent_path", "OPTIMIZERS", "FLOOR"]
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..curvature import hessian, loss_fn_of
-from ..spectrum import SpectrumSweep
+from ..curvature.products import hessian, loss_fn_of
+from ..curvature.spectrum import SpectrumSweep
 
 __all__ = ["SpectrumFamilies", "spectrum_families", "pulled_curvature"]
 
@@ -89,7 +89,7 @@ def pulled_curvature(model, task, layers: Sequence[str], k: int = 1) -> np.ndarr
     direction u vᵀ is the vector u ⊗ v); U_k its top-k left singular vectors (float64 SVD, as ``specdef``).
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
+        >>> from specdef_lite.optim.problems import teacher_student
         >>> toy = teacher_student(seed=0)
         >>> mu = pulled_curvature(toy.released, toy.task, ["4"])   # the read-out row: its whole weight
         >>> mu.shape, f"{abs(mu).max():.3f}"
@@ -116,8 +116,8 @@ def spectrum_families(spectrum: SpectrumSweep, toy, *, factor: float = 10.0) -> 
         factor: the thresholds of the per-α counts ``beyond`` / ``below``.
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
-        >>> from specdef_lite.spectrum import spectrum_sweep
+        >>> from specdef_lite.optim.problems import teacher_student
+        >>> from specdef_lite.curvature.spectrum import spectrum_sweep
         >>> toy = teacher_student(width=8, seed=0)                    # the middle 8×8 layer: m = n = 8
         >>> fam = spectrum_families(spectrum_sweep(toy, [1.0, 1e4, 1e6], probes=1, steps=4), toy)
         >>> (fam.n_thrown, fam.n_pulled), (fam.expected_thrown, fam.expected_pulled), fam.beyond.tolist()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..problems import quadratic
+from ..optim.problems import quadratic
 from .best_response import BestResponse
 from .slope import loglog_slope
 from .sweep import race

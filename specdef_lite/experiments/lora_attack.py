@@ -7,7 +7,7 @@ then every (model, placement) pair is attacked at its own best learning rate (``
     original  full | LoRA on W            fused  full | LoRA on W (= C·W̃)
     locked    full | LoRA on W̃ | on C | on both
 
-What the maths predicts (see ``specdef_lite.lora``): an adapter on C reads W̃x, α times larger along U_k,
+What the maths predicts (see ``specdef_lite.lock.lora``): an adapter on C reads W̃x, α times larger along U_k,
 so its Hessian grows like α² — the lock's stiffness reaches it; an adapter on W̃ is the undefended adapter
 seen through B ↦ C·B (ℒ_W̃(A, B) = ℒ_W(A, C·B), ‖C‖ = 1), so its curvature is never larger than the
 undefended one but is α² smaller along U_k; on the fused layer it is the undefended attack. ``curvature``
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attacks import fuse
-from ..curvature import loss_fn_of
-from ..eigen import top_eigenvalues
-from ..deform import specdef
-from ..lora import adapter_size, lora
-from ..problems import teacher_student
-from ..training import train
+from ..lock.attacks import fuse
+from ..curvature.products import loss_fn_of
+from ..curvature.eigen import top_eigenvalues
+from ..lock.deform import specdef
+from ..lock.lora import adapter_size, lora
+from ..optim.problems import teacher_student
+from ..optim.training import train
 from .best_response import BestResponse, Outcome, search
 
 __all__ = ["LoraRun", "LoraAttacks", "lora_attacks", "start_curvature", "ATTACKS"]

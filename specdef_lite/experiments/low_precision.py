@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..deform import specdef
-from ..precision import VanishingTable, as_dtype, forward_error, gradient_step, param_groups, task_in, vanishes
-from ..training import Trace, train
+from ..lock.deform import specdef
+from ..optim.precision import (VanishingTable, as_dtype, forward_error, gradient_step, param_groups, task_in,
+                               vanishes)
+from ..optim.training import Trace, train
 from .best_response import BestResponse
 from .grid import nearest
 from .tuning import LABELS, anchor, best_response, closest
@@ -75,7 +76,7 @@ def precision_attack(problem, alpha: float, optimizer: str, dtype: str, *, lrs: 
         lrs, steps, max_extend: as in ``best_response``.
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
+        >>> from specdef_lite.optim.problems import teacher_student
         >>> p = teacher_student(width=4, n=16, seed=0)
         >>> r = precision_attack(p, 1e4, "sgd", "bfloat16", lrs=[1e-9, 1e-8], steps=30)
         >>> r.response.reached, f"{r.moved:.3f}", r.loss0 > 2 * p.task.value(p.released)  # bf16 breaks the lock itself
@@ -151,7 +152,7 @@ def attacker_lrs(race, alphas: Sequence[float]) -> AttackerLrs:
     (p = 2 for GD, 1 for normalised optimizers). Below the smallest α of the race (α < 1): the undefended best.
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
+        >>> from specdef_lite.optim.problems import teacher_student
         >>> from specdef_lite.experiments.race import race_table
         >>> p = teacher_student(width=4, n=16, seed=0)
         >>> r = attacker_lrs(race_table(p, [1.0, 100.0], {"sgd": [0.1, 1.0]}, steps=60), [1.0, 10.0, 100.0, 1e4])
@@ -193,7 +194,7 @@ def vanishing_at(model, task, lrs: AttackerLrs, *, dtypes: Sequence[str] = ("flo
     Optimizers other than "sgd" and "adam" are skipped (``gradient_step`` knows those two).
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
+        >>> from specdef_lite.optim.problems import teacher_student
         >>> p = teacher_student(width=4, n=8, seed=0)
         >>> eta = AttackerLrs(np.array([1.0, 1e8]), {"sgd": np.array([0.3, 3e-17])}, {"sgd": np.array(["law"] * 2)})
         >>> vanishing_at(p.released, p.task, eta, dtypes=["float32"]).fraction("sgd", "float32").round(2).tolist()

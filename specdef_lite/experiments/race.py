@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..deform import specdef
-from ..training import Trace, train
+from ..lock.deform import specdef
+from ..optim.training import Trace, train
 from .best_response import BestResponse, Slowdown, slowdown
 from .grid import nearest
 from .tuning import LABELS, anchor, best_response, spanning, tracking_grid
@@ -126,8 +126,8 @@ class RaceTable:
         the start (notebook 01). On the real, non-quadratic loss the curvature changes along the path, so the
         measured ``max_stable_lr`` may sit above it; ``max_stable_lr(o) · lam_max() / 2`` says by how much.
         """
-        from ..curvature import loss_fn_of
-        from ..eigen import top_eigenvalues
+        from ..curvature.products import loss_fn_of
+        from ..curvature.eigen import top_eigenvalues
         return np.array([float(top_eigenvalues(*loss_fn_of(self.locked(a), self.task), which="LA").values[0])
                          for a in self.alphas])
 
@@ -166,7 +166,7 @@ def race_table(problem, alphas: Sequence[float], lrs: Mapping[str, Sequence[floa
         ValueError: if an optimizer's undefended model never reaches τ (no reference to slow down from).
 
     Example:
-        >>> from specdef_lite.problems import teacher_student
+        >>> from specdef_lite.optim.problems import teacher_student
         >>> p = teacher_student(width=4, n=16, seed=0)
         >>> tab = race_table(p, [10.0, 100.0], {"sgd": [0.1, 1.0]}, steps=60)
         >>> [f"{v:.2g}" for v in tab.max_stable_lr("sgd")]  # α ×10 → η_max ×1/100

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..training import Trace, train
+from ..optim.training import Trace, train
 from .best_response import BestResponse, Outcome, search
 
 __all__ = ["Sweep", "lr_sweep", "race"]
@@ -74,7 +74,7 @@ def lr_sweep(model: nn.Module, task, optimizer_name: str, lrs: Sequence[float], 
             with it, "the end of the run" is that window.
 
     Example:
-        >>> from specdef_lite.problems import quadratic
+        >>> from specdef_lite.optim.problems import quadratic
         >>> model, task = quadratic([1.0, 10.0], seed=0)
         >>> sw = lr_sweep(model, task, "sgd", [0.05, 0.1, 0.15, 0.19, 0.21], steps=200, target=1e-6)
         >>> sw.best_lr, sw.max_stable_lr, sw.diverged.tolist(), sw.response.bracketed
@@ -104,7 +104,7 @@ def race(model: nn.Module, task, optimizers: dict[str, tuple[str, float] | dict]
         target: τ, used only with ``stop_at_target``; compare with ``trace.steps_to(τ)`` afterwards.
 
     Example:
-        >>> from specdef_lite.problems import quadratic
+        >>> from specdef_lite.optim.problems import quadratic
         >>> model, task = quadratic([1.0, 100.0], seed=0)
         >>> runs = race(model, task, {"GD": ("sgd", 0.019),
         ...                               "Newton": {"name": "newton", "lr": 1.0, "damping": 0.0}}, steps=50)

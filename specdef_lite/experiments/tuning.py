@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from ..training import Trace, train
+from ..optim.training import Trace, train
 from .best_response import BestResponse, Outcome, search
 
 __all__ = ["best_response", "outcome", "closest", "lr_grid", "spanning", "around", "anchor", "tracking_grid", "LABELS"]
@@ -39,7 +39,7 @@ def best_response(model: nn.Module, task, optimizer: str, *, lrs: Sequence[float
 
     Args:
         model: not modified (every lr trains its own deep copy).
-        task: anything with ``task.loss(model)`` (see ``specdef_lite.problems``).
+        task: anything with ``task.loss(model)`` (see ``specdef_lite.optim.problems``).
         optimizer: a ``make_optimizer`` name; ``**optimizer_kw`` go to it (e.g. Newton's ``damping``).
         lrs: a log-spaced starting grid; its step ratio is the step of every extension.
         steps: the budget B of every run; target: τ.
@@ -50,7 +50,7 @@ def best_response(model: nn.Module, task, optimizer: str, *, lrs: Sequence[float
         A ``BestResponse``; each ``Outcome.result`` is the run's ``Trace``.
 
     Example:
-        >>> from specdef_lite.problems import quadratic
+        >>> from specdef_lite.optim.problems import quadratic
         >>> model, task = quadratic([1.0, 10.0], seed=0)
         >>> br = best_response(model, task, "sgd", lrs=[0.01, 0.02], steps=200, target=1e-6)
         >>> br.best_lr, br.best_steps, br.bracketed  # η* ≈ 2/(1 + κ) = 0.18, found from a grid far below it

@@ -1,0 +1,309 @@
+"""Explorer: controls + one figure + a cached ``frame(state)``; live it is a FigureWidget, headless a static slider.
+
+The pattern of STYLE.md §8: build the figure once with every trace it will need; a control change only
+looks the new state up in a cache (or computes it once) and assigns trace data inside
+``fig.batch_update()``, so the browser gets one message per change. The same ``frame`` function feeds
+the static figure, whose own plotly slider steps through the precomputed frames of one control (α), so a
+page without a kernel keeps a working slider. Tests call ``explorer.set(alpha=…)`` and read traces.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ...common.display import explorer_bundle, fmt, is_live, plain, slider_figure
+from ...experiments.grid import log_grid, nearest, snap  # noqa: F401 - the explorers' α grids
+
+Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
+
+
+class _LiveFigure(go.FigureWidget):
+    """A ``FigureWidget`` whose comm opens once it is complete, so the front end gets the model in one message.
+
+    plotly opens the widget's comm in its constructor, before it fills ``_widget_data`` / ``_widget_layout``
+    (the state its view draws from), which then follow as separate updates. With several notebooks
+    rendering at once on a loaded machine (tests/test_browser.py), a view was sometimes drawn from the
+    comm_open state alone: an empty plot that stayed empty, since later updates only restyle existing
+    traces. Opened at the end of the constructor, the model carries its figure, and nothing is sent
+    until a control moves.
+
+    Two traits are set before opening:
+    * ``_view_count = None`` — ipywidgets' default. plotly turns view counting on (0) and never reads it;
+      every view then syncs its removal, and closing a notebook (kernel connection gone first) logged
+      "Could not send widget sync message" in the page console.
+    * ``_config = {"responsive": True}`` — plotly.js follows the window, so the plot stays inside the
+      output area at any window width.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._deferred_open = True
+        super().__init__(*args, **kwargs)
+        self._view_count = None
+        self._config = {"responsive": True, "displaylogo": False}
+        self._deferred_open = False
+        self.open()
+
+    def open(self):
+        if not getattr(self, "_deferred_open", False):
+            super().open()
+
+
+class Explorer:
+    """One interactive figure. Subclasses define ``controls``, ``build_figure()`` and ``compute(**state)``.
+
+    ``static_over`` names the control whose grid the static figure's slider steps through (usually α).
+    """
+
+    static_over: str = "alpha"
+    prefix: str = "α = "
+
+    def __init__(self, *, live: bool | None = None):
+        self.live = is_live(live)
+        self._cache: dict[tuple, Frame] = {}
+        self.latencies: list[float] = []
+        self.controls = self.make_controls()  # name -> ipywidget (live) or plain default value
+        # Fill the plain figure with the first state *before* wrapping it: a FigureWidget whose traces are
+        # updated before the browser first draws it lost their x arrays in JupyterLab (caught by
+        # tests/test_browser.py: curves drawn against their indices).
+        live, self.live = self.live, False
+        self.figure = self.build_figure()
+        self.figure.update_layout(autosize=True, width=None)  # as wide as the output area, whatever the window
+        self.apply(self.state())
+        self.live = live
+        self._box = None
+        if live:  # plain lists only: see display.plain (a numpy array here logs a ValueError on every update)
+            self.figure = _LiveFigure(data=[plain(t.to_plotly_json()) for t in self.figure.data],
+                                      layout=plain(self.figure.layout.to_plotly_json()))
+            for name, w in self.controls.items():
+                w.observe(self._on_change, names="value")
+
+    # --- to override ---------------------------------------------------------------------------------
+    def make_controls(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build_figure(self) -> go.Figure:
+        raise NotImplementedError
+
+    def compute(self, **state) -> Frame:
+        raise NotImplementedError
+
+    def static_grid(self) -> Sequence[Any]:
+        """Values of ``static_over`` the static slider shows (default: the control's options)."""
+        return self.grid
+
+    # --- machinery -----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {n: getattr(w, "value", w) for n, w in self.controls.items()}
+
+    def frame(self, **state) -> Frame:
+        """``compute`` memoised on the state, so moving a slider back costs only a lookup."""
+        key = tuple(sorted(state.items()))
+        if key not in self._cache:
+            self._cache[key] = self.compute(**state)
+        return self._cache[key]
+
+    def apply(self, state: dict[str, Any]) -> None:
+        self._assign(self.frame(**state))
+
+    def _assign(self, frame: Frame) -> None:
+        """Write a frame into the figure: one ``batch_update`` message when live."""
+        if self.live:
+            with self.figure.batch_update():
+                for i, attrs in frame.items():
+                    self.figure.data[i].update(plain(attrs))
+        else:
+            for i, attrs in frame.items():
+                self.figure.data[i].update(plain(attrs))
+
+    def _on_change(self, _change=None) -> None:
+        if getattr(self, "_holding", False):  # set() assigns several controls, then applies once
+            return
+        t0 = time.perf_counter()
+        self.apply(self.state())
+        self.latencies.append(time.perf_counter() - t0)
+
+    def choices(self) -> dict[str, Sequence[Any]]:
+        """Control → the values it may take, where that is a fixed list (override; live widgets add theirs)."""
+        return {}
+
+    def set(self, **values) -> "Explorer":
+        """Set controls (as a student would) and update the figure; works live and headless.
+
+        Every value is checked before any is stored (``check``): a value the explorer cannot show raises a
+        ValueError that says why, and leaves the explorer — its controls and its figure — as it was.
+        """
+        self.check(**values)
+        self._holding = True
+        try:
+            for name, v in values.items():
+                w = self.controls[name]
+                if hasattr(w, "value"):
+                    w.value = _on_options(w, v)  # live: the figure is updated once, below
+                else:
+                    self.controls[name] = v
+        finally:
+            self._holding = False
+        self._on_change() if self.live else self.apply(self.state())
+        return self
+
+    def check(self, **values) -> dict[str, Any]:
+        """The state ``set(**values)`` would give, or ValueError (nothing stored): unknown controls, a value of
+        the wrong kind (a number for a number, a whole number for a whole one, text for a choice), NaN/inf, a
+        choice not offered, an α outside the explorer's precomputed grid, or a state whose frame fails."""
+        unknown = [n for n in values if n not in self.controls]
+        if unknown:
+            raise ValueError(f"unknown control {unknown[0]!r}; controls are {sorted(self.controls)}")
+        state = self.state()
+        choices = dict(self.choices())
+        for name, w in self.controls.items():
+            options = getattr(w, "options", None)
+            if options and name not in choices:
+                choices[name] = [o[1] if isinstance(o, tuple) else o for o in options]
+        for name, v in values.items():
+            _check_kind(name, v, state[name])
+            allowed = choices.get(name)
+            if allowed is not None and isinstance(v, str) and v not in allowed:
+                raise ValueError(f"{name}={v!r} is not offered here; choose one of {', '.join(map(str, allowed))}")
+            w = self.controls[name]
+            lo, hi = _range(w, getattr(self, "grid", None) if name == "alpha" else None)
+            if lo is not None and not lo <= float(v) <= hi:
+                raise ValueError(f"{name}={v!r} lies outside this explorer's range {lo:.3g} … {hi:.3g}")
+        new = {**state, **values}
+        try:
+            self.frame(**new)
+        except Exception as e:  # noqa: BLE001 - a user's value the maths rejects: say why, keep the old state
+            raise ValueError(f"{type(self).__name__} cannot show "
+                             f"{', '.join(f'{n}={v!r}' for n, v in values.items())}: {e}") from e
+        return new
+
+    def static_figure(self) -> go.Figure:
+        """A plain figure whose slider steps through ``static_grid()`` with the other controls as they are."""
+        fig = go.Figure(self.figure)
+        state = self.state()
+        grid = list(self.static_grid())
+        frames = [self.frame(**{**state, self.static_over: v}) for v in grid]
+        labels = [_label(v) for v in grid]
+        current = state[self.static_over]
+        active = min(range(len(grid)), key=lambda i: abs(np.log10(float(grid[i])) - np.log10(float(current)))
+                     if isinstance(current, (int, float)) and current > 0 else (grid[i] != current))
+        return slider_figure(fig, frames, labels, prefix=self.prefix, active=active)
+
+    def widget(self):
+        """The ipywidgets layout: one row of controls (wrapping only where the output area is too narrow)
+        above the figure, which fills the output area's width. Built once: every display shows the same box."""
+        import ipywidgets as W
+        if self._box is None:
+            row = W.HBox(list(self.controls.values()),
+                         layout=W.Layout(flex_flow="row wrap", align_items="center", width="100%",
+                                         justify_content="flex-start", grid_gap="0px 18px"))
+            self._box = W.VBox([row, self.figure], layout=W.Layout(width="100%"))
+        return self._box
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        from ...common.display import show
+        if self.live:
+            display(explorer_bundle(self.widget(), self.figure, _name(self)), raw=True)
+        else:
+            show(self.static_figure())
+
+
+def _check_kind(name: str, value: Any, current: Any) -> None:
+    """ValueError unless ``value`` is the same kind of thing as the control's ``current`` value."""
+    is_num = isinstance(current, (int, float, np.integer, np.floating)) and not isinstance(current, bool)
+    if is_num:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not np.isfinite(float(value)):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if isinstance(current, (int, np.integer)) and float(value) != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise ValueError(f"{name} must be one of the offered names (text), got {value!r}")
+
+
+def _range(widget: Any, grid: Sequence[float] | None) -> tuple[float | None, float | None]:
+    """(lo, hi) a numeric control accepts: a live slider's own bounds, or an α grid's ends (± half a step)."""
+    if grid is not None and len(grid) and all(float(g) > 0 for g in grid):
+        g = np.sort(np.asarray(grid, dtype=float))
+        half = float(np.sqrt(np.max(g[1:] / g[:-1]))) if len(g) > 1 else 1.0
+        return g[0] / half, g[-1] * half
+    lo, hi = getattr(widget, "min", None), getattr(widget, "max", None)
+    if lo is None or hi is None or getattr(widget, "options", None):
+        return None, None
+    base = getattr(widget, "base", None)
+    return (base ** lo, base ** hi) if base else (lo, hi)
+
+
+def _on_options(widget, value):
+    """A numeric value for a selection widget snapped to its nearest option (log scale); others unchanged."""
+    options = getattr(widget, "options", None)
+    if not options or not isinstance(value, (int, float, np.floating)) or isinstance(value, bool):
+        return value
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    if value in values or not all(isinstance(x, (int, float, np.floating)) and x > 0 for x in values) or value <= 0:
+        return value
+    return values[nearest(values, value)]
+
+
+def _name(explorer: Explorer) -> str:
+    """'explorer' with a hint of which: ConditioningExplorer → 'conditioning explorer'."""
+    return type(explorer).__name__.replace("Explorer", "").lower() + " explorer"
+
+
+def _label(v: Any) -> str:
+    if isinstance(v, (int, float, np.floating)):
+        return fmt(v)
+    return str(v)
+
+
+def log_ticks() -> dict:
+    """Tick settings for a log axis that stay legible: one label a decade, as a power of ten.
+
+    plotly's default on a log axis spanning a few decades labels every 2 and 5 as well, in small print that
+    crowds the axis (notebook 04's steps axis). Decade labels are also the cheapest to redraw: a slider
+    update redraws every axis (tick arrays and minor ticks measurably slowed notebook 03's updates)."""
+    return dict(dtick=1, exponentformat="power")
+
+
+# --- controls, sized so that an explorer's whole row fits a 900 px output area --------------------------
+SLIDER_WIDTH = "290px"
+
+
+def _compact(kw: dict, width: str = SLIDER_WIDTH) -> dict:
+    """Layout and style keywords for a compact control: a label as wide as its text, a fixed overall width."""
+    import ipywidgets as W
+    kw.setdefault("layout", W.Layout(width=width))
+    kw.setdefault("style", {"description_width": "initial"})
+    return kw
+
+
+def log_slider(value: float, lo: float, hi: float, per_decade: float, description: str, **kw):
+    """A log₁₀ slider snapped to ``per_decade`` steps a decade, with a 3-digit readout (``.3g``)."""
+    import ipywidgets as W
+    return W.FloatLogSlider(value=value, base=10, min=np.log10(lo), max=np.log10(hi), step=1 / per_decade,
+                            description=description, readout_format=".3g", continuous_update=False,
+                            **_compact(kw))
+
+
+def alpha_slider(value: float, grid: Sequence[float], description: str = "α", **kw):
+    """A slider over the explorer's precomputed α grid, labelled as the plots label α (``display.fmt``).
+
+    The values are the grid's own, so a slider position is always a precomputed state, and the readout
+    says 3.16e+5 where the plot says 3.16e+5 (a ``.0e`` readout said 3e+5)."""
+    import ipywidgets as W
+    options = [(fmt(a), float(a)) for a in grid]
+    return W.SelectionSlider(options=options, value=snap(value, grid), description=description,
+                             continuous_update=False, **_compact(kw))
+
+
+def toggle(options, value, description: str, button_width: str = "74px", **kw):
+    """Toggle buttons that stay on one row: fixed, narrow buttons and a label as wide as its text."""
+    import ipywidgets as W
+    kw.setdefault("style", {"description_width": "initial", "button_width": button_width})
+    return W.ToggleButtons(options=options, value=value, description=description, **kw)

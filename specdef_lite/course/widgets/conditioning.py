@@ -1,0 +1,183 @@
+"""Notebook 01: θ_{t+1} − θ* = (I − ηA)(θ_t − θ*) — gradient descent on a 2-D quadratic with λ(A) = {1, κ}.
+
+The picture behind every later notebook (PAPER.md, "Why curvature sets the speed"). In A's eigenbasis
+each coordinate of θ − θ* is multiplied by 1 − ηλᵢ per step, so
+
+* GD is stable iff |1 − ηλᵢ| < 1 for every i, i.e. **η < 2/λ_max**;
+* at the safe step η = 1/λ_max the flat direction shrinks by 1 − 1/κ per step, so reaching a loss τ takes
+  **≈ (κ/2)·ln(ℒ_flat/τ) steps — linear in κ**;
+* Newton divides each direction by its own curvature, θ ← θ − ηA⁻¹∇ℒ, and lands in **one** step at η = 1.
+
+Why λ_min = 1 and λ_max = κ (rather than λ_max = 1): raising κ then raises the top curvature, exactly
+what SpecDef does to a network, and the learner watches a learning rate that was fine become unstable.
+
+``ConditioningExplorer`` draws the path of GD, Adam or Newton on the loss contours, the loss per step and
+GD's contraction factor max|1 − ηλᵢ| against η with 2/λ_max marked. Its data come from the experiments
+layer: paths from ``experiments.descent.descent_path``, ρ(η) from ``experiments.kappa.gd_rate``.
+Costs: a path is ≤ ``steps`` optimizer steps on 2 parameters (~0.3 ms each), the contour grid (41×41) is computed once per κ, so a slider update costs a few tens of ms the first time and a lookup after.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ...common.display import fmt
+from ...experiments.descent import OPTIMIZERS, Path, descent_path
+from ...experiments.kappa import gd_rate
+from ._base import Explorer
+
+__all__ = ["ConditioningExplorer"]
+
+COLORS = {"GD": "#1f77b4", "Adam": "#ff7f0e", "Newton": "#2ca02c"}
+
+
+def _sl():
+    import specdef_lite as sl  # lazy: the package imports its modules on first use
+    return sl
+
+
+class ConditioningExplorer(Explorer):
+    """GD / Adam / Newton on a 2-D quadratic: path on the contours, loss per step, and η against 2/λ_max.
+
+    Controls: κ (log, 1 … 1000), η (log, 1e-3 … 3) and the optimizer. λ_min = 1 and λ_max = κ, so
+    2/λ_max = 2/κ. The static figure (no front end) steps its slider through the η grid at the current κ
+    and optimizer.
+
+    Args:
+        kappa, lr, optimizer: the starting state.
+        steps: steps drawn per path; seed: the quadratic's seed (rotation, θ*, θ₀).
+        live: None (decide, see ``display.is_live``), True (FigureWidget) or False (static figure).
+    """
+
+    static_over = "lr"
+    prefix = "η = "
+    KAPPA_RANGE = (0.0, 3.0)  # log10 κ
+    LR_RANGE = (-3.0, 0.5)  # log10 η
+    PER_DECADE = 8
+
+    def __init__(self, kappa: float = 10.0, lr: float = 0.1, optimizer: str = "GD", *, steps: int = 100,
+                 seed: int = 0, grid_points: int = 41, live: bool | None = None):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        self._start = dict(kappa=float(kappa), lr=float(lr), optimizer=optimizer)
+        self.steps, self.seed, self.grid_points = int(steps), int(seed), int(grid_points)
+        lo, hi = self.LR_RANGE
+        self.grid = 10 ** np.linspace(lo, hi, int(round((hi - lo) * self.PER_DECADE)) + 1)  # η grid (static)
+        self._eta_axis = 10 ** np.linspace(lo, hi, 200)
+        model, task = _sl().problems.quadratic([1.0, 1.0], seed=self.seed)  # θ*, θ₀ do not depend on κ
+        self.theta_star = task.theta_star.numpy().copy()
+        self.theta0 = model.theta.detach().numpy().copy()
+        half = 1.25 * float(np.linalg.norm(self.theta0 - self.theta_star))
+        self._x = self.theta_star[0] + np.linspace(-half, half, self.grid_points)
+        self._y = self.theta_star[1] + np.linspace(-half, half, self.grid_points)
+        self._shown_kappa: float | None = None
+        self._z: dict[float, np.ndarray] = {}  # κ -> log₁₀ ℒ on the contour grid
+        super().__init__(live=live)
+
+    # --- Explorer interface --------------------------------------------------------------------------
+    def make_controls(self) -> dict[str, Any]:
+        if not self.live:
+            return dict(self._start)
+        from ._base import log_slider, toggle
+        return {
+            "kappa": log_slider(self._start["kappa"], 10 ** self.KAPPA_RANGE[0], 10 ** self.KAPPA_RANGE[1],
+                                self.PER_DECADE, "κ"),
+            "lr": log_slider(self._start["lr"], 10 ** self.LR_RANGE[0], 10 ** self.LR_RANGE[1], self.PER_DECADE, "η"),
+            "optimizer": toggle(list(OPTIMIZERS), self._start["optimizer"], "optimizer"),
+        }
+
+    def build_figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=3, column_widths=[0.34, 0.33, 0.33], horizontal_spacing=0.075,
+                            subplot_titles=("path on the contours of log₁₀ ℒ", "loss per step",
+                                            "GD's contraction ρ(η) per step"))
+        fig.add_trace(go.Contour(x0=float(self._x[0]), dx=float(self._x[1] - self._x[0]), y0=float(self._y[0]),
+                                 dy=float(self._y[1] - self._y[0]), z=np.zeros((self.grid_points, self.grid_points)),
+                                 colorscale="Blues", reversescale=True, ncontours=24, showscale=False,
+                                 line=dict(width=0.5), hoverinfo="skip", name="log₁₀ ℒ"), 1, 1)  # 0
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", marker=dict(size=4), line=dict(width=2),
+                                 name="path"), 1, 1)  # 1
+        fig.add_trace(go.Scatter(x=[self.theta_star[0]], y=[self.theta_star[1]], mode="markers",
+                                 marker=dict(symbol="star", size=14, color="gold", line=dict(width=1)),
+                                 name="θ* (minimum)"), 1, 1)  # 2
+        fig.add_trace(go.Scatter(x=[self.theta0[0]], y=[self.theta0[1]], mode="markers",
+                                 marker=dict(symbol="circle-open", size=11, color="black"), name="θ₀ (start)"),
+                      1, 1)  # 3
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line=dict(width=2), name="ℒ(θ_t)/ℒ(θ₀)"), 1, 2)  # 4
+        fig.add_trace(go.Scatter(x=[], y=[], mode="text", textposition="bottom left", showlegend=False,
+                                 textfont=dict(size=12)), 1, 2)  # 5: verdict text
+        fig.add_trace(go.Scatter(x=self._eta_axis, y=np.zeros_like(self._eta_axis), mode="lines",
+                                 line=dict(color="#555"), name="ρ(η) = max|1 − ηλᵢ|"), 1, 3)  # 6
+        fig.add_trace(go.Scatter(x=[], y=[0.0, 1.9, 2.1], mode="lines+text", line=dict(color="crimson", dash="dash"),
+                                 text=["", " 2/λ_max", ""], textposition="middle right", name="2/λ_max",
+                                 textfont=dict(color="crimson")), 1, 3)  # 7
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", marker=dict(size=12, color="crimson"),
+                                 name="current η"), 1, 3)  # 8
+        fig.add_trace(go.Scatter(x=10 ** np.array(self.LR_RANGE), y=[1.0, 1.0], mode="lines",
+                                 line=dict(color="grey", dash="dot"), name="ρ = 1: stability edge"), 1, 3)  # 9
+        lo, hi = self._x[0], self._x[-1]
+        fig.update_xaxes(title_text="θ₁", range=[lo, hi], constrain="domain", row=1, col=1)
+        fig.update_yaxes(title_text="θ₂", range=[self._y[0], self._y[-1]], scaleanchor="x", scaleratio=1,
+                         constrain="domain", row=1, col=1)
+        fig.update_xaxes(title_text="step t", range=[0, self.steps], row=1, col=2)
+        fig.update_yaxes(title_text="ℒ(θ_t) / ℒ(θ₀)", type="log", range=[-16.5, 3.5], exponentformat="power",
+                         dtick=3, row=1, col=2)
+        fig.update_xaxes(title_text="learning rate η", type="log", range=list(self.LR_RANGE),
+                         exponentformat="power", dtick=1, row=1, col=3)
+        fig.update_yaxes(title_text="ρ(η) (GD converges iff ρ < 1)", range=[0, 2.1], row=1, col=3)
+        fig.update_layout(height=430, margin=dict(t=50, b=50, l=55, r=15), showlegend=False,
+                          hovermode="closest")
+        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
+        return fig
+
+    def compute(self, *, kappa: float, lr: float, optimizer: str) -> dict[int, dict]:
+        p = descent_path(kappa, lr, optimizer, steps=self.steps, seed=self.seed)
+        rel = np.maximum(p.losses / p.losses[0], 10 ** -16.4)
+        rho = float(gd_rate(lr, kappa))
+        return {
+            1: {"x": p.theta[:, 0], "y": p.theta[:, 1], "line": {"color": COLORS[optimizer]},
+                "marker": {"color": COLORS[optimizer]}},
+            4: {"x": np.arange(len(rel)), "y": rel, "line": {"color": COLORS[optimizer]}},
+            5: {"x": [self.steps], "y": [10 ** 3.3], "text": [_verdict(p, kappa, self.steps)]},
+            8: {"x": [lr], "y": [min(rho, 2.05)]},
+        }
+
+    def apply(self, state: dict[str, Any]) -> None:
+        """Assign the frame; the κ-only traces (contours, ρ(η), the 2/λ_max line) only when κ changed."""
+        kappa = float(state["kappa"])
+        frame = dict(self.frame(**state))
+        if kappa != self._shown_kappa:
+            frame.update(self._kappa_traces(kappa))
+        self._assign(frame)
+        self._shown_kappa = kappa
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _kappa_traces(self, kappa: float) -> dict[int, dict]:
+        return {0: {"z": self._log_loss_grid(kappa)}, 6: {"y": np.minimum(gd_rate(self._eta_axis, kappa), 2.1)},
+                7: {"x": [2.0 / kappa] * 3}}
+
+    def _log_loss_grid(self, kappa: float) -> np.ndarray:
+        """log₁₀ ℒ on the (grid_points × grid_points) window, computed once per κ (cached)."""
+        if kappa in self._z:
+            return self._z[kappa]
+        _, task = _sl().problems.quadratic([1.0, kappa], seed=self.seed)
+        A = task.A.numpy()
+        dx, dy = np.meshgrid(self._x - self.theta_star[0], self._y - self.theta_star[1])  # (ny, nx) each
+        d = np.stack([dx, dy], axis=-1)  # (ny, nx, 2)
+        z = np.log10(0.5 * np.einsum("...i,ij,...j->...", d, A, d) + 1e-300)
+        self._z[kappa] = np.maximum(z, z.max() - 4.0)  # four decades of contours: the valley's shape, not the pit
+        return self._z[kappa]
+
+
+def _verdict(p: Path, kappa: float, steps: int) -> str:
+    ratio = p.lr * kappa / 2
+    head = f"{p.optimizer}, η = {fmt(p.lr, trim=False)} = {ratio:.2f} × 2/λ_max"
+    if p.diverged_at is not None:
+        tail = f"diverged at step {p.diverged_at}"
+    elif p.converged_at is not None:
+        tail = f"converged in {p.converged_at} steps"
+    else:
+        tail = f"after {steps} steps ℒ/ℒ₀ = {p.losses[-1] / p.losses[0]:.1e}"
+    return f"{head}<br>{tail}"

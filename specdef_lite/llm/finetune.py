@@ -1,0 +1,287 @@
+"""The fine-tuning attack on a language model: AdamW, linear warm-up, gradient clipping (PAPER.md, Table 1).
+
+θ_{t+1} = AdamW(θ_t, clip(∇ℒ_batch(θ_t), c), η_t) with η_t = η·min(1, (t+1)/warmup), on the chosen
+parameters only (the attacker picks which blocks to train; everything else stays frozen).
+
+Why the lock bites here: Adam moves every entry by about η per step whatever its gradient. An entry of
+C multiplies W̃x, which is α times larger along the top-k directions, so the same η moves the layer's
+output α times further — the first step of a locked model at the paper's learning rates throws the loss
+far above its start. That is recorded as data (``diverged_at``), never raised. Locked layers the attack
+does not train cannot slow it: the trained blocks must contain the pairs.
+
+Steps-to-target is robust (DESIGN.md): a run reaches the held-out target at the first evaluation from
+which the held-out loss stays ≤ target for the rest of the run, and never if the run diverged.
+
+Speed (benchmarks/bench_llm_attack.py): the blocks below the first trained one are frozen, so their output
+is cached per batch (``llm_prefix.FrozenPrefix``) and shared by every run and every model with the same
+prefix — training and held-out evaluation run only the trained blocks and the head. Only the trained
+parameters are copied (``llm_prefix.working_copy``). ``cache=False`` runs the full forward instead; the
+two give the same losses to float32 rounding (tests/test_llm_attack.py).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..experiments.best_response import BestResponse, Outcome, search
+from .data import TextTask, batches, evaluate, lm_loss, progress_disabled
+from .prefix import FrozenPrefix, first_block, working_copy
+from ..optim.training import Trace
+
+__all__ = ["AttackResult", "attack_params", "attack", "attack_grid", "best_response", "prefix_for", "table1",
+           "to_markdown"]
+
+
+@dataclass
+class AttackResult:
+    """One fine-tuning run. ``losses[t]``: training loss of step t (before its update); ``eval_losses[i]``,
+    ``eval_accuracies[i]``, ``eval_top5[i]``: held-out loss / top-1 / top-5 next-token accuracy after
+    ``eval_steps[i]`` updates. ``step_seconds`` / ``eval_seconds``: wall time of each step / evaluation;
+    ``cached``: whether the frozen prefix was cached."""
+    label: str
+    lr: float
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_losses: list[float] = field(default_factory=list)
+    eval_accuracies: list[float] = field(default_factory=list)
+    eval_top5: list[float] = field(default_factory=list)
+    diverged_at: int | None = None
+    seconds: float = 0.0
+    trainable: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
+    cached: bool = False
+
+    @property
+    def start_loss(self) -> float:
+        return self.eval_losses[0]
+
+    @property
+    def final_loss(self) -> float:
+        return self.eval_losses[-1]
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.eval_accuracies[-1]
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def steps_to(self, target: float) -> int | None:
+        """First evaluated step from which the held-out loss stays ≤ ``target``; None if never or diverged.
+
+        The robust definition of ``train.Trace.steps_to``, applied to the held-out curve.
+        """
+        if self.diverged:
+            return None
+        i = self.heldout_trace.steps_to(target)
+        return None if i is None else self.eval_steps[i]
+
+    @property
+    def heldout_trace(self) -> Trace:
+        """The held-out losses as a ``train.Trace`` (entry i taken after ``eval_steps[i]`` updates)."""
+        return Trace(np.asarray(self.eval_losses), None if self.diverged_at is None else len(self.eval_losses) - 1,
+                     self.label)
+
+    @property
+    def trace(self) -> Trace:
+        """The training losses, one per step, as a ``train.Trace``."""
+        return Trace(np.asarray(self.losses), self.diverged_at, self.label)
+
+
+def attack_params(model: nn.Module, blocks: Sequence[int] = (-1,), *, injected_only: bool = False) -> list[str]:
+    """Names of the parameters the attacker trains: every parameter of the chosen decoder blocks.
+
+    In an injected model (``attacks.inject``) the released pairs it wrapped (``*.inner.*``) stay frozen
+    and their injected ``D`` is trained instead; ``injected_only=True`` trains the ``D``s alone.
+    """
+    from . import blocks_of
+    prefix, layers = blocks_of(model)
+    chosen = {f"{prefix}.{b % len(layers)}." for b in blocks}
+    names = []
+    for n, _ in model.named_parameters():
+        if injected_only:
+            keep = n.endswith(".D")
+        else:
+            keep = any(n.startswith(c) for c in chosen) and ".inner." not in n
+        if keep:
+            names.append(n)
+    if not names:
+        raise ValueError(f"no parameter to train in blocks {list(blocks)}"
+                         + (" (no injected D: call attacks.inject first)" if injected_only else ""))
+    return names
+
+
+def prefix_for(model: nn.Module, task: TextTask, *, blocks: Sequence[int] = (-1,), injected_only: bool = False,
+               batch_size: int = 4, seed: int = 0, share: Sequence[FrozenPrefix] = ()) -> FrozenPrefix | None:
+    """The frozen-prefix cache an attack on ``model`` can use: one from ``share`` that serves it, else a new
+    checked one (``FrozenPrefix.build`` on the attack's first batch); None if the model cannot be cached."""
+    f = first_block(model, attack_params(model, blocks, injected_only=injected_only))
+    if f is None:
+        return None
+    for p in share:
+        if p.first == f and p.serves(model):
+            return p
+    return FrozenPrefix.build(model, f, next(batches(task.train, batch_size, seed=seed)))
+
+
+def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_size: int = 4,
+           blocks: Sequence[int] = (-1,), injected_only: bool = False, warmup: int | None = None,
+           clip: float = 1.0, weight_decay: float = 0.0, eval_every: int = 5, diverge_ratio: float = 2.0,
+           stop_on_divergence: bool = True, seed: int = 0, label: str = "",
+           cache: bool | FrozenPrefix | None = True, progress: bool | None = None) -> AttackResult:
+    """Fine-tune a copy of ``model`` on ``task.train`` and track the held-out loss of ``task.heldout``.
+
+    Args:
+        model: not modified (its trained parameters are copied; the copy runs in eval mode: no dropout).
+        lr: peak learning rate η (the paper's grid: 1e-6, 1e-5, 3e-5).
+        steps: number of updates.
+        blocks, injected_only: which parameters train (see ``attack_params``).
+        warmup: linear warm-up steps (default ``max(1, steps // 10)``).
+        clip: global gradient-norm clip c (None: no clipping).
+        eval_every: held-out evaluation period (also at step 0 and at the end).
+        diverge_ratio: a training or held-out loss that is non-finite or above ``diverge_ratio`` × its
+            start counts as divergence; the run stops there if ``stop_on_divergence``.
+        cache: True: cache the frozen prefix (``prefix_for``); a ``FrozenPrefix`` to reuse (it must serve
+            ``model``); False/None: run the full model at every step.
+    Returns:
+        An ``AttackResult`` (losses per step, held-out curve, ``diverged_at``, ``steps_to(target)``).
+    """
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
+    t0 = time.perf_counter()
+    names = attack_params(model, blocks, injected_only=injected_only)
+    if cache is True:
+        cache = prefix_for(model, task, blocks=blocks, injected_only=injected_only, batch_size=batch_size, seed=seed)
+    elif isinstance(cache, FrozenPrefix):
+        f = first_block(model, names)
+        if f is None or cache.first > f or not cache.serves(model):
+            raise ValueError("the given FrozenPrefix does not serve this model and these blocks")
+    prefix: FrozenPrefix | None = cache or None
+    work = working_copy(model, names, runs=None if prefix is None else prefix.runs(model))
+    chosen = set(names)
+    params = [p for n, p in work.named_parameters() if n in chosen]
+    warmup = max(1, steps // 10) if warmup is None else max(1, warmup)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup))
+    res = AttackResult(label, lr, steps, trainable=sum(p.numel() for p in params), cached=prefix is not None)
+    dev = params[0].device
+    forward = (lambda x: work(x).logits) if prefix is None else (lambda x: prefix.logits(work, x))
+
+    def record_eval(step: int) -> bool:
+        te = time.perf_counter()
+        ev = evaluate(work, task.heldout, forward=forward)
+        res.eval_seconds.append(time.perf_counter() - te)
+        res.eval_steps.append(step)
+        res.eval_losses.append(ev.loss)
+        res.eval_accuracies.append(ev.accuracy)
+        res.eval_top5.append(ev.top5)
+        return _blew_up(ev.loss, res.eval_losses[0], diverge_ratio)
+
+    record_eval(0)
+    data = batches(task.train, batch_size, seed=seed)
+    from tqdm.auto import tqdm
+    bar = tqdm(range(steps), desc=f"{label or 'attack'} lr={lr:g}", leave=False, disable=progress_disabled(progress))
+    for t in bar:
+        ts = time.perf_counter()
+        x = next(data).to(dev)
+        loss = lm_loss(forward(x), x)
+        res.losses.append(float(loss.detach()))
+        if _blew_up(res.losses[-1], res.losses[0], diverge_ratio) and res.diverged_at is None:
+            res.diverged_at = t
+            if stop_on_divergence:
+                if res.eval_steps[-1] != t:
+                    record_eval(t)  # the held-out loss where it blew up, for the table
+                break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        res.step_seconds.append(time.perf_counter() - ts)
+        bar.set_postfix(loss=f"{res.losses[-1]:.3f}")
+        if (t + 1) % eval_every == 0 or t + 1 == steps:
+            if record_eval(t + 1) and res.diverged_at is None:
+                res.diverged_at = t + 1
+                if stop_on_divergence:
+                    break
+    bar.close()
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _blew_up(loss: float, start: float, ratio: float) -> bool:
+    return not math.isfinite(loss) or loss > ratio * start
+
+
+def attack_grid(models: Mapping[str, nn.Module], task: TextTask, lrs: Sequence[float], *,
+                blocks: Sequence[int] = (-1,), injected_only: Mapping[str, bool] | None = None,
+                cache: bool = True, progress: bool | None = None, **kw) -> dict[str, dict[float, AttackResult]]:
+    """``attack`` every model at every learning rate: {label: {lr: result}} (Table 1's grid).
+
+    Models whose frozen prefix is the same share one cache (``prefix_for(share=...)``), so the prefix of
+    each batch runs once for the whole grid.
+    """
+    injected_only = injected_only or {}
+    from tqdm.auto import tqdm
+    out: dict[str, dict[float, AttackResult]] = {}
+    shared: list[FrozenPrefix] = []
+    prefixes: dict[str, FrozenPrefix | None] = {}
+    for label, model in models.items():
+        prefixes[label] = None
+        if cache:
+            prefixes[label] = prefix_for(model, task, blocks=blocks, injected_only=injected_only.get(label, False),
+                                         batch_size=kw.get("batch_size", 4), seed=kw.get("seed", 0), share=shared)
+            if prefixes[label] is not None and prefixes[label] not in shared:
+                shared.append(prefixes[label])
+    runs = [(label, lr) for label in models for lr in lrs]
+    for label, lr in tqdm(runs, desc="attacks", disable=progress_disabled(progress)):
+        out.setdefault(label, {})[lr] = attack(models[label], task, lr=lr, blocks=blocks, label=label,
+                                               injected_only=injected_only.get(label, False),
+                                               cache=prefixes[label] or False, progress=False, **kw)
+    return out
+
+
+def best_response(model: nn.Module, task: TextTask, *, lrs: Sequence[float], steps: int, target: float,
+                  label: str = "", max_extend: int = 8, progress: bool | None = None,
+                  cache: bool | FrozenPrefix | None = True, results: dict[float, AttackResult] | None = None,
+                  **attack_kw) -> BestResponse:
+    """η* = argmin_η T(τ; η) for the fine-tuning attack: ``experiments.best_response.search`` over ``attack``.
+
+    T(τ; η) is the held-out steps-to-target of ``AttackResult.steps_to`` (reach τ and stay ≤ τ to the end of
+    the budget; a diverged run never counts). The grid extends past an edge while the best sits on it.
+
+    Args:
+        lrs: a log-spaced grid of learning rates; steps: the budget B of every run; target: τ (held-out loss).
+        cache: as in ``attack``; one prefix cache serves every learning rate.
+        results: a dict {lr: AttackResult} of runs already made with the same settings (reused, and
+            filled with the new runs) — e.g. Table 1's runs at the paper's grid.
+        attack_kw: passed to ``attack`` (batch_size, blocks, injected_only, eval_every, seed, …).
+    Each ``Outcome.result`` is the run's ``AttackResult``.
+    """
+    if cache is True:
+        cache = prefix_for(model, task, blocks=attack_kw.get("blocks", (-1,)),
+                           injected_only=attack_kw.get("injected_only", False),
+                           batch_size=attack_kw.get("batch_size", 4), seed=attack_kw.get("seed", 0))
+    results = {} if results is None else results
+
+    def run(lr: float) -> Outcome:
+        r = results.get(lr)
+        if r is None or r.steps != steps:
+            r = results[lr] = attack(model, task, lr=lr, steps=steps, label=label, cache=cache or False,
+                                     progress=False, **attack_kw)
+        return Outcome(lr, r.steps_to(target), r.diverged, r)
+
+    return search(run, lrs, budget=steps, target=target, label=label, max_extend=max_extend, progress=progress)
+
+
+from .tables import table1, to_markdown  # noqa: E402  (re-exported: llm imports them from here)

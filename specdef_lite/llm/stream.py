@@ -1,0 +1,280 @@
+"""Streaming lock: W → (W̃, C) one tensor at a time, so a checkpoint bigger than memory can be locked.
+
+``stream_lock`` reads a (sharded) safetensors checkpoint tensor by tensor and writes the locked one shard
+by shard. The maths per layer is ``deform._deform_weight``, the call ``specdef`` makes, so a streamed lock
+equals an in-memory ``llm.lock`` bit for bit. Peak memory is one layer's float64 work, never the model:
+a target's W is read through ``safetensors.safe_open`` opened for that tensor alone (its mapping, and so
+its resident pages, close with it); every other tensor is copied as raw bytes in 16 MiB pieces (any
+dtype); and since shapes are known from the headers (W̃ has W's shape, C is out×out), each output shard's
+header is written first and the tensors are appended as they are made (safetensors' own writer needs
+the whole dict in memory).
+
+Output: the source's non-weight files (config, tokenizer), ``model.safetensors`` or transformers-style
+shards with ``model.safetensors.index.json``, and ``specdef.json`` (each pair's α, k) so that ``llm.load``
+rebuilds every ``SpecDefLinear``; built in a hidden folder beside ``out``, then renamed into place.
+Targets are chosen without importing transformers (~120 MB): ``llm.target_names`` / ``match_targets``
+run on a meta-device module tree rebuilt from the checkpoint's tensor names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..lock.deform import _check_alpha_k, _deform_weight
+from .shards import INDEX_FILE, SINGLE_FILE, read_header, checkpoint_files, is_sharded
+
+__all__ = ["StreamLock", "stream_lock", "lock_command", "resolve_targets", "is_sharded"]
+
+METADATA_FILE, FORMAT = "specdef.json", "specdef-lite/1"  # as llm.save writes them
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_CODES = {v: k for k, v in _DTYPES.items()}
+_PIECE = 16 << 20  # bytes copied per read of a pass-through tensor
+_CONV1D_TYPES = {"gpt2", "openai-gpt"}  # architectures whose linear layers store W as (in, out)
+_EMBEDDING_WORDS = ("embed", "wte", "wpe")
+
+
+@dataclass(frozen=True)
+class StreamLock:
+    """What ``stream_lock`` wrote: the folder, the deformed layers, bytes in and out, shards, seconds."""
+    out: Path
+    deformed: tuple[str, ...]
+    source_bytes: int
+    output_bytes: int
+    shards: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- targets
+
+def _skeleton(shapes: dict[str, list[int]]) -> nn.Module:
+    """A meta-device module tree with an ``nn.Linear`` at every 2-D ``*.weight`` that is no embedding and
+    an ``nn.ModuleList`` wherever the children are numbered — enough for ``llm.target_names`` and
+    ``llm.match_targets``, which look only at names, types and the longest ``nn.ModuleList``."""
+    tree: dict = {}
+    for key, shape in shapes.items():
+        name, _, leaf = key.rpartition(".")
+        if leaf != "weight" or len(shape) != 2 or not name or any(w in name.rsplit(".", 1)[-1] for w in _EMBEDDING_WORDS):
+            continue
+        node = tree
+        for p in name.split("."):
+            node = node.setdefault(p, {})
+        node[None] = True  # a linear layer sits here
+
+    def build(node: dict) -> nn.Module:
+        if None in node:
+            return nn.Linear(1, 1, bias=False, device="meta")
+        if node and all(p.isdigit() for p in node):
+            children = [build(node[p]) if p in node else nn.Module() for p in map(str, range(1 + max(map(int, node))))]
+            return nn.ModuleList(children)
+        m = nn.Module()
+        for p, child in node.items():
+            m.add_module(p, build(child))
+        return m
+
+    return build(tree)
+
+
+def resolve_targets(shapes: dict[str, list[int]], targets: str | Sequence[str] | None,
+                    blocks: Sequence[int], kinds: Sequence[str] | None) -> list[str]:
+    """Module names to lock, chosen exactly as ``llm.lock`` chooses them, from tensor names alone."""
+    from . import match_targets, target_names
+    skeleton = _skeleton(shapes)
+    if targets is None:
+        return target_names(skeleton, blocks, kinds)
+    if isinstance(targets, str):
+        return match_targets(skeleton, targets)
+    names = list(targets)
+    for n in names:
+        if len(shapes.get(f"{n}.weight", [])) != 2:
+            raise ValueError(f"target {n!r} has no 2-D weight {n}.weight in the checkpoint")
+    return names
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _write_header(f, entries: list[tuple[str, torch.dtype | str, list[int], int]]) -> None:
+    """safetensors header: u64 length, then JSON {name: {dtype, shape, data_offsets}} padded to 8 bytes."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, nbytes in entries:
+        code = dtype if isinstance(dtype, str) else _CODES[dtype]
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    f.write(struct.pack("<Q", len(raw)) + raw)
+
+
+def _write_tensor(f, t: torch.Tensor) -> int:
+    b = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()  # raw little-endian bytes, no copy
+    f.write(memoryview(b))
+    return b.nbytes
+
+
+def _copy_bytes(dst, src_path: Path, start: int, nbytes: int) -> None:
+    buf = bytearray(min(_PIECE, max(nbytes, 1)))
+    with open(src_path, "rb") as src:
+        src.seek(start)
+        left = nbytes
+        while left:
+            view = memoryview(buf)[:min(left, len(buf))]
+            got = src.readinto(view)
+            if not got:
+                raise OSError(f"{src_path} ends before its header says")
+            dst.write(view[:got])
+            left -= got
+
+
+def _parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as ``"500MB"`` / ``"2GiB"``."""
+    s = str(size).strip().upper()
+    for unit, mult in (("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if s.endswith(unit):
+            return int(float(s[:-len(unit)]) * mult)
+    return int(s)
+
+
+def _plan(where: dict, names: list[str], alpha: float, k: int, compute_dtype, conv1d: bool):
+    """Output entries (name, dtype, shape, nbytes, how) in checkpoint order, and specdef.json's layers.
+
+    A target's ``weight`` becomes W̃ (W's shape), C (out×out), α and k; every other tensor is copied."""
+    wanted = {f"{n}.weight": n for n in names}
+    plan, deformed = [], {}
+    for key, (f, e, base) in where.items():
+        if key not in wanted:
+            start, end = e["data_offsets"]
+            plan.append((key, e["dtype"], e["shape"], end - start, ("copy", f, base + start)))
+            continue
+        n = wanted[key]
+        store = compute_dtype or _DTYPES[e["dtype"]]  # as specdef: W̃ is stored in W's dtype
+        rows, cols = e["shape"][::-1] if conv1d else e["shape"]  # W is (out, in); Conv1D stores (in, out)
+        plan += [(f"{n}.W_tilde", store, [rows, cols], rows * cols * store.itemsize, ("deform", n, key, f)),
+                 (f"{n}.C", store, [rows, rows], rows * rows * store.itemsize, ("C", n)),
+                 (f"{n}.alpha", torch.float64, [], 8, ("alpha", n)), (f"{n}.k", torch.int64, [], 8, ("k", n))]
+        deformed[n] = {"alpha": alpha, "k": int(k), "out": rows, "in": cols, "bias": f"{n}.bias" in where,
+                       "compute_dtype": str(compute_dtype).removeprefix("torch.") if compute_dtype else None}
+    return plan, deformed
+
+
+def stream_lock(src: str | os.PathLike, out: str | os.PathLike, alpha: float, k: int = 1,
+                targets: str | Sequence[str] | None = None, *, blocks: Sequence[int] = (-3, -2, -1),
+                kinds: Sequence[str] | None = None, method: str = "full", compute_dtype: torch.dtype | None = None,
+                max_shard_size: int | str = "2GB", progress: bool | None = None) -> StreamLock:
+    """SpecDef on a checkpoint folder, tensor by tensor: W → (W̃, C) with C W̃ = W, as ``llm.lock`` does.
+
+    Args:
+        src: a local folder with ``config.json`` and safetensors weights (sharded or not); not modified.
+        out: the locked folder to create (must not exist, or be empty); written beside, renamed into place.
+        alpha, k, targets, blocks, kinds, method, compute_dtype: as ``llm.lock``.
+        max_shard_size: bytes per output shard (int, or e.g. ``"500MB"``); one tensor never splits.
+        progress: a ``tqdm.auto`` bar over bytes written, with its time estimate (None: off when headless).
+
+    Returns:
+        A ``StreamLock``; ``llm.load(out)`` gives the locked model.
+    """
+    import time
+    from safetensors import safe_open
+    from tqdm.auto import tqdm
+    from .data import progress_disabled
+    t0 = time.perf_counter()
+    _check_alpha_k(alpha, k)
+    alpha, src, out = float(alpha), Path(src), Path(out)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a checkpoint folder (no config.json)")
+    meta = json.loads((src / METADATA_FILE).read_text()) if (src / METADATA_FILE).is_file() else {}
+    if meta.get("deformed"):
+        raise ValueError(f"{src} is already locked; fuse it first")
+    if out.resolve() == src.resolve():
+        raise ValueError("out must differ from the source folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or remove it")
+    config = json.loads((src / "config.json").read_text())
+    conv1d = config.get("model_type") in _CONV1D_TYPES
+    files = checkpoint_files(src)
+    where: dict[str, tuple[Path, dict, int]] = {}  # tensor name -> (file, header entry, buffer offset)
+    for f in files:
+        header, base = read_header(f)
+        for name, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            where[name] = (f, e, base)
+    names = resolve_targets({n: e["shape"] for n, (_, e, _) in where.items()}, targets, blocks, kinds)
+    plan, deformed = _plan(where, names, alpha, k, compute_dtype, conv1d)
+    shards: list[list] = [[]]
+    limit = _parse_size(max_shard_size)
+    for item in plan:  # greedy; a pair's C, α and k stay in the shard of its W̃
+        if shards[-1] and sum(i[3] for i in shards[-1]) + item[3] > limit and item[4][0] in {"copy", "deform"}:
+            shards.append([])
+        shards[-1].append(item)
+    fnames = ([SINGLE_FILE] if len(shards) == 1 else
+              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    total = sum(i[3] for i in plan)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"lock {src.name}", disable=progress_disabled(progress))
+    try:
+        C = None
+        for fname, items in zip(fnames, shards):
+            with open(tmp / fname, "wb") as fh:
+                _write_header(fh, [i[:4] for i in items])
+                for oname, dtype, _, nbytes, how in items:
+                    bar.set_postfix_str(oname, refresh=False)
+                    if how[0] == "copy":
+                        _copy_bytes(fh, how[1], how[2], nbytes)
+                    elif how[0] == "deform":
+                        with safe_open(str(how[3]), framework="pt") as sf:  # this tensor's pages only
+                            W = sf.get_tensor(how[2])
+                        W_tilde, C = _deform_weight(W.T if conv1d else W, alpha, k, method, how[1])
+                        del W
+                        _write_tensor(fh, W_tilde.to(dtype))
+                        del W_tilde
+                    elif how[0] == "C":
+                        _write_tensor(fh, C.to(dtype))
+                        C = None
+                    else:
+                        _write_tensor(fh, torch.tensor(alpha if how[0] == "alpha" else int(k), dtype=dtype))
+                    bar.update(nbytes)
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {i[0]: fn for fn, items in zip(fnames, shards) for i in items}}
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        skip = {INDEX_FILE, METADATA_FILE} | {f.name for f in files}
+        for f in src.iterdir():  # config, generation config, tokenizer, …
+            if f.is_file() and f.name not in skip and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth")):
+                shutil.copy2(f, tmp / f.name)
+        spec = {"format": FORMAT, "base_model": meta.get("base_model") or str(src),
+                "model_type": config.get("model_type"), "deformed": deformed}
+        (tmp / METADATA_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    return StreamLock(out, tuple(deformed), sum(f.stat().st_size for f in files),
+                      sum((out / fn).stat().st_size for fn in fnames), len(shards), time.perf_counter() - t0)
+
+
+def lock_command(args) -> None:
+    """``specdef-lite lock --stream`` (and ``lock`` on a sharded folder): the CLI's streaming branch."""
+    if args.check:
+        raise ValueError("--check loads both models into memory; it cannot be combined with --stream")
+    if not Path(args.model, "config.json").is_file():
+        raise ValueError(f"--stream needs a local checkpoint folder with config.json, got {args.model!r}")
+    r = stream_lock(args.model, args.out, args.alpha, args.k, args.targets, blocks=args.blocks, kinds=args.kinds,
+                    method=args.method)
+    print(f"locked {len(r.deformed)} layers at alpha={args.alpha:g}, k={args.k} (streamed: {r.shards} shards, "
+          f"{r.source_bytes / 1e9:.2f} GB in, {r.output_bytes / 1e9:.2f} GB out): {', '.join(r.deformed)}")
+    print(f"wrote {args.out}")

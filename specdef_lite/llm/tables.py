@@ -1,0 +1,61 @@
+"""Table 1's shape: per model, the start metric, then "steps to target / final metric" per learning rate, as Markdown.
+
+The paper's Table 1 reports, per method and learning rate, the steps its relearning attack took and the accuracy
+it reached; ``table1`` lays ``llm_attack.attack_grid`` results out the same way, ``to_markdown`` renders any rows.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotation: llm_attack imports this module
+    from .finetune import AttackResult
+
+__all__ = ["table1", "to_markdown"]
+
+
+_METRICS = {"loss": "eval_losses", "accuracy": "eval_accuracies", "top5": "eval_top5"}
+
+
+def table1(results: Mapping[str, Mapping[float, AttackResult]], target: float, *, metric: str = "loss",
+           fmt: str = "{:.3f}") -> list[dict[str, str]]:
+    """Rows in the shape of the paper's Table 1: start metric, then "steps / final metric" per learning rate.
+
+    "steps" is ``steps_to(target)`` ("—" if never reached; "k … (diverged)" at the step where the run blew
+    up); ``metric`` is the held-out ``"loss"`` (lower = the attacker got further), ``"accuracy"`` (top-1)
+    or ``"top5"``.
+    """
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    rows = []
+    for label, by_lr in results.items():
+        first = next(iter(by_lr.values()))
+        values = lambda r: getattr(r, _METRICS[metric])  # noqa: E731
+        row = {"model": label, f"start {metric}": fmt.format(values(first)[0])}
+        for lr, r in by_lr.items():
+            s, v = r.steps_to(target), values(r)[-1]
+            value = fmt.format(v) if math.isfinite(v) else "nan"
+            if r.diverged:
+                row[f"lr {lr:g}"] = f"{r.diverged_at} / {value} (diverged)"
+            else:
+                row[f"lr {lr:g}"] = f"{'—' if s is None else s} / {value}"
+        rows.append(row)
+    return rows
+
+
+def to_markdown(rows: Sequence[Mapping[str, object]]) -> str:
+    """A list of dict rows (same keys) as a Markdown table, for ``IPython.display.Markdown``.
+
+    Example:
+        >>> print(to_markdown([{"model": "original", "lr 1e-05": "20 / 4.31"}]))
+        | model | lr 1e-05 |
+        |---|---|
+        | original | 20 / 4.31 |
+    """
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

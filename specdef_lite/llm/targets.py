@@ -1,0 +1,75 @@
+"""Which layers of a language model a lock targets: the decoder blocks (the longest ``nn.ModuleList``) and the
+projections of each kind (attention value/output and MLP output by default), or a name pattern.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..lock.deform import SpecDefLinear, _is_linear
+from ..lock.guards import real_number
+
+__all__ = ["blocks_of", "default_kinds", "target_names", "match_targets"]
+
+
+def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(name, blocks): the longest ``nn.ModuleList`` — the decoder blocks of any transformer."""
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError("the model has no nn.ModuleList of blocks")
+    return max(lists, key=lambda nm: len(nm[1]))
+
+
+def default_kinds(model: nn.Module) -> tuple[str, ...]:
+    """Attention-output, value and MLP-output projections in the model's own names."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if {"o_proj", "v_proj", "down_proj"} <= names:  # Llama, Qwen, Mistral, Gemma
+        return ("o_proj", "v_proj", "down_proj")
+    if {"c_attn", "c_proj"} <= names:  # GPT-2: c_attn = [q|k|v], attn.c_proj, mlp.c_proj
+        return ("attn.c_proj", "c_attn", "mlp.c_proj")
+    raise ValueError("unknown architecture: pass kinds= (name suffixes such as 'o_proj') or targets=")
+
+
+def target_names(model: nn.Module, blocks: Sequence[int] = (-3, -2, -1),
+                 kinds: Sequence[str] | None = None) -> list[str]:
+    """Linear layers of the chosen blocks whose names end in one of ``kinds``.
+
+    Args:
+        blocks: block indices, negative counts from the end (``-1`` = last block).
+        kinds: name suffixes, e.g. ``("o_proj", "v_proj", "down_proj")`` (Llama/Qwen) or
+            ``("attn.c_proj", "mlp.c_proj", "c_fc")`` (GPT-2); default ``default_kinds(model)``.
+    """
+    prefix, layers = blocks_of(model)
+    kinds = tuple(kinds) if kinds is not None else default_kinds(model)
+    if isinstance(kinds, str) or not all(isinstance(k, str) and k for k in kinds):
+        raise ValueError(f"kinds must be a list of layer-name suffixes, got {kinds!r}")
+    out = []
+    for b in blocks:
+        b = real_number("block index", b, positive=False, integer=True)
+        if not -len(layers) <= b < len(layers):
+            raise ValueError(f"block {b} out of range: the model has {len(layers)} blocks")
+        base = f"{prefix}.{b % len(layers)}"
+        for n, m in model.get_submodule(base).named_modules():
+            if n and (_is_linear(m) or isinstance(m, SpecDefLinear)) and any(n == k or n.endswith("." + k) for k in kinds):
+                out.append(f"{base}.{n}")
+    if not out:
+        raise ValueError(f"no layer of blocks {list(blocks)} matches kinds {kinds}")
+    return out
+
+
+def match_targets(model: nn.Module, pattern: str) -> list[str]:
+    """Linear layers whose full name matches ``pattern`` at its end: a regex in which ``{a,b}`` expands to
+    ``(?:a|b)``, e.g. ``"layers.{27,28,29}.(mlp.down_proj|self_attn.o_proj)"``."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ValueError(f"targets pattern must be a non-empty regular expression, got {pattern!r}")
+    expanded = re.sub(r"\{([^{}]*)\}", lambda m: "(?:" + m.group(1).replace(",", "|") + ")", pattern)
+    try:
+        rx = re.compile(r"(?:^|\.)(?:" + expanded + r")$")
+    except re.error as e:
+        raise ValueError(f"targets pattern {pattern!r} is not a valid regular expression: {e}") from None
+    names = [n for n, m in model.named_modules() if n and _is_linear(m) and rx.search(n)]
+    if not names:
+        raise ValueError(f"pattern {pattern!r} matches no linear layer")
+    return names
