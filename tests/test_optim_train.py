@@ -18,7 +18,7 @@ from specdef_lite.optim.muon import MuonAdam
 from specdef_lite.optim.newton import Newton, NewtonInfo
 from specdef_lite.optim.optimizers import make_optimizer
 from specdef_lite.optim.sophia import Sophia
-from specdef_lite.optim.problems import linear_regression, quadratic, teacher_student
+from specdef_lite.optim.problems import Task, ToyTask, linear_regression, quadratic, teacher_student
 from specdef_lite.experiments.slope import loglog_slope
 from specdef_lite.experiments.sweep import lr_sweep, race
 from specdef_lite.optim.training import Trace, train
@@ -68,6 +68,22 @@ def test_teacher_student_shapes_target_and_reachability():
     q = teacher_student(seed=0)
     assert torch.equal(q.task.targets, p.task.targets)  # seeded: rebuilt identically
     assert not torch.equal(teacher_student(seed=1).task.targets, p.task.targets)
+
+
+def test_toy_tasks_satisfy_the_task_protocol_and_problems_are_frozen():
+    p = teacher_student(width=3, n=4, seed=0)
+    _, quad = quadratic([1.0, 2.0])
+    assert all(isinstance(t, Task) for t in (p.task, p.utility, quad, linear_regression(n=4, d=2)[1]))
+    assert isinstance(p.task, ToyTask) and not isinstance(object(), Task)
+
+    class LossOnly:  # no value(): not a Task
+        def loss(self, f):
+            return f().sum()
+    assert not isinstance(LossOnly(), Task)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.target = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.task.inputs = None
 
 
 # ---------------------------------------------------------------- Trace

@@ -296,5 +296,5 @@ def task_in(task, dtype: DType):
     for name in ("inputs", "targets", "H", "minimiser"):
         v = getattr(t, name, None)
         if isinstance(v, torch.Tensor) and v.is_floating_point():
-            setattr(t, name, v.to(dtype))
+            object.__setattr__(t, name, v.to(dtype))  # a frozen ToyTask too (t is a copy)
     return t
