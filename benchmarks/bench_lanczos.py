@@ -28,7 +28,7 @@ from specdef_lite.lock.deform import specdef
 from specdef_lite.curvature.eigen import lanczos, power_iteration
 from specdef_lite.curvature.products import hessian, loss_fn_of
 from specdef_lite.curvature.operators import HessianOperator, as_operator
-from specdef_lite.optim.problems import Task, mlp
+from specdef_lite.optim.problems import ToyTask, mlp
 
 from _common import load, log, machine, summary
 
@@ -43,7 +43,7 @@ def wishart_problem(g: torch.Generator, n: int = 500, m: int = 2000):
 def locked_mlp_problem(g: torch.Generator, alpha: float = 10.0):
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
     net = specdef(mlp([8, 32, 32, 1], seed=seed), alpha, k=1, targets="2")  # linear layers at "0", "2", "4"
-    task = Task(torch.randn(64, 8, generator=g, dtype=F64), torch.randn(64, 1, generator=g, dtype=F64))
+    task = ToyTask(torch.randn(64, 8, generator=g, dtype=F64), torch.randn(64, 1, generator=g, dtype=F64))
     loss_fn, theta = loss_fn_of(net, task)
     op = HessianOperator(loss_fn, theta)
     return f"locked MLP 8→32→(W̃,C)→32→1, α={alpha:g}, n={op.size} (HVPs)", op, hessian(loss_fn, theta)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "spectral_density": "curvature.density", "SpectralDensity": "curvature.density", "slq": "curvature.density",
     "spectrum_sweep": "curvature.spectrum", "SpectrumSweep": "curvature.spectrum", "spectrum_figure": "course.widgets.spectrum",
     # optimisation
-    "make_optimizer": "optim.optimizers", "Newton": "optim.optimizers", "Sophia": "optim.optimizers",
+    "make_optimizer": "optim.optimizers", "Newton": "optim.newton", "Sophia": "optim.sophia",
     "train": "optim.training", "Trace": "optim.training",
     # experiments: the attacker's best response is the unit of every "is it slowed?" comparison
     "best_response": "experiments.tuning", "slowdown": "experiments.best_response",

@@ -19,15 +19,15 @@ import pytest
 import torch
 
 from specdef_lite.experiments.best_response import BestResponse, Outcome, search, slowdown
-from specdef_lite.optim.problems import Quadratic, Task
+from specdef_lite.optim.problems import Quadratic, ToyTask
 from specdef_lite.optim.training import train
 
 
-def _two_eigen_quadratic(kappa: float) -> tuple[Quadratic, Task]:
+def _two_eigen_quadratic(kappa: float) -> tuple[Quadratic, ToyTask]:
     """½ Σ λᵢ eᵢ² with λ = (1, κ) and eᵢ(0) = 1/√λᵢ, so both directions start with the same loss wᵢ = ½."""
     lam = torch.tensor([1.0, kappa], dtype=torch.float64)
     theta_star = torch.zeros(2, dtype=torch.float64)
-    return Quadratic(1 / lam.sqrt()), Task(None, theta_star, H=torch.diag(lam), minimiser=theta_star)
+    return Quadratic(1 / lam.sqrt()), ToyTask(None, theta_star, H=torch.diag(lam), minimiser=theta_star)
 
 
 def _gd_run(model, task, budget, target):

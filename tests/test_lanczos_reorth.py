@@ -14,7 +14,7 @@ from scipy.sparse.linalg import eigsh
 
 from specdef_lite.curvature.products import hessian, loss_fn_of
 from specdef_lite.lock.deform import specdef
-from specdef_lite.curvature.eigen import lanczos
+from specdef_lite.curvature.eigen import lanczos, lanczos_vector
 from specdef_lite.curvature.operators import HessianOperator, as_operator
 from specdef_lite.optim.problems import teacher_student
 
@@ -54,6 +54,22 @@ def test_no_ghost_copies_of_a_converged_eigenvalue(gen):
     r = lanczos(A, k=3, seed=0)  # the default stopping rule must not stop on ghosts either
     assert r.converged
     assert_ritz_pairs(A, r, expected, rtol=1e-8, res=1.5e-8)  # the default tol: √ε_mach·|λ|_max
+
+
+def test_the_shared_lanczos_step_keeps_the_basis_orthonormal(gen):
+    """80 steps of the one recurrence ``lanczos`` and ``slq`` share, past λ₁'s convergence: QQᵀ = I to 1e-13
+    (without reorthogonalisation it drifts to O(1) here, Paige's loss of orthogonality)."""
+    lam = torch.cat([torch.tensor([100.0], dtype=F64), torch.rand(199, generator=gen, dtype=F64)])
+    op = as_operator(rotated(gen, lam))
+    Q = torch.zeros(80, 200, dtype=F64)
+    Q[0] = torch.randn(200, generator=gen, dtype=F64)
+    Q[0] /= Q[0].norm()
+    beta = 0.0
+    for j in range(79):
+        _, w = lanczos_vector(op, Q, j, beta)
+        beta = float(w.norm())
+        Q[j + 1] = w / beta
+    assert float((Q @ Q.T - torch.eye(80, dtype=F64)).abs().max()) <= 1e-13
 
 
 def test_clustered_eigenvalues_are_resolved(gen):

@@ -4,6 +4,9 @@ PAPER.md, "Why curvature sets the speed": GD is stable only for η < 2/λ_max an
 Newton needs one step on a quadratic. "SpecDef": on a locked MLP the best GD steps-to-target grow with α,
 the largest stable GD step shrinks like 1/α², and Adam's best learning rate shrinks too.
 """
+import copy
+import dataclasses
+import io
 import math
 
 import numpy as np
@@ -11,8 +14,11 @@ import pytest
 import torch
 
 from specdef_lite import inject, specdef
-from specdef_lite.optim.optimizers import MuonAdam, Newton, Sophia, make_optimizer
-from specdef_lite.optim.problems import linear_regression, quadratic, teacher_student
+from specdef_lite.optim.muon import MuonAdam
+from specdef_lite.optim.newton import Newton, NewtonInfo
+from specdef_lite.optim.optimizers import make_optimizer
+from specdef_lite.optim.sophia import Sophia
+from specdef_lite.optim.problems import Task, ToyTask, linear_regression, quadratic, teacher_student
 from specdef_lite.experiments.slope import loglog_slope
 from specdef_lite.experiments.sweep import lr_sweep, race
 from specdef_lite.optim.training import Trace, train
@@ -62,6 +68,22 @@ def test_teacher_student_shapes_target_and_reachability():
     q = teacher_student(seed=0)
     assert torch.equal(q.task.targets, p.task.targets)  # seeded: rebuilt identically
     assert not torch.equal(teacher_student(seed=1).task.targets, p.task.targets)
+
+
+def test_toy_tasks_satisfy_the_task_protocol_and_problems_are_frozen():
+    p = teacher_student(width=3, n=4, seed=0)
+    _, quad = quadratic([1.0, 2.0])
+    assert all(isinstance(t, Task) for t in (p.task, p.utility, quad, linear_regression(n=4, d=2)[1]))
+    assert isinstance(p.task, ToyTask) and not isinstance(object(), Task)
+
+    class LossOnly:  # no value(): not a Task
+        def loss(self, f):
+            return f().sum()
+    assert not isinstance(LossOnly(), Task)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.target = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.task.inputs = None
 
 
 # ---------------------------------------------------------------- Trace
@@ -151,7 +173,7 @@ def test_saddle_free_newton_descends_where_plain_newton_jumps_to_the_saddle():
         opt = Newton(model.parameters(), lr=1.0, damping=0.0, saddle_free=saddle_free)
         opt.step(lambda: task.loss(model))
         assert task.value(model) == pytest.approx(expected, abs=1e-12)
-    assert opt.info["lam_min"] == pytest.approx(-1.0) and opt.info["lam_max"] == pytest.approx(2.0)
+    assert opt.info.lam_min == pytest.approx(-1.0) and opt.info.lam_max == pytest.approx(2.0)
 
 
 def test_newton_step_matches_the_library_hessian():
@@ -165,8 +187,8 @@ def test_newton_step_matches_the_library_hessian():
     mu, V = torch.linalg.eigh(H)
     expected = torch.cat([v.reshape(-1) for v in theta.values()]) - 0.5 * V @ ((V.T @ g) / (mu.abs() + 1e-2))
     got, info = _one_newton_step(net, p.task, damping=1e-2, lr=0.5)
-    assert info["lam_min"] == pytest.approx(float(mu[0]), rel=1e-9)
-    assert info["lam_max"] == pytest.approx(float(mu[-1]), rel=1e-9)
+    assert info.lam_min == pytest.approx(float(mu[0]), rel=1e-9)
+    assert info.lam_max == pytest.approx(float(mu[-1]), rel=1e-9)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
 
 
@@ -181,14 +203,14 @@ def test_newton_exact_and_cg_paths_agree():
     exact, info_e = _one_newton_step(model, task, damping=1e-3)
     model, task = linear_regression(n=50, d=12, seed=4)
     cg, info_c = _one_newton_step(model, task, damping=1e-3, max_exact=0, cg_tol=1e-14)
-    assert info_e["path"] == "exact" and info_c["path"] == "cg" and not info_c["negative_curvature"]
+    assert info_e.path == "exact" and info_c.path == "cg" and not info_c.negative_curvature
     torch.testing.assert_close(cg, exact, rtol=1e-10, atol=1e-12)
     # and on a non-convex network, with damping past the most negative eigenvalue so H + λI ≻ 0
     p = teacher_student(width=6, d_in=4, n=24, seed=1)
     net = specdef(p.released, 10.0, targets=["2"])
     x0 = [q.detach().clone() for q in net.parameters()]
     _, info = _one_newton_step(net, p.task, damping=0.0, saddle_free=False)
-    lam = 1.0 + max(0.0, -info["lam_min"])
+    lam = 1.0 + max(0.0, -info.lam_min)
     with torch.no_grad():
         for q, v in zip(net.parameters(), x0):
             q.copy_(v)
@@ -197,7 +219,7 @@ def test_newton_exact_and_cg_paths_agree():
         for q, v in zip(net.parameters(), x0):
             q.copy_(v)
     cg, info_c = _one_newton_step(net, p.task, damping=lam, max_exact=0, cg_iters=500, cg_tol=1e-13)
-    assert not info_c["negative_curvature"]
+    assert not info_c.negative_curvature
     torch.testing.assert_close(cg, exact, rtol=1e-8, atol=1e-10)
 
 
@@ -224,6 +246,51 @@ def test_muon_pairs_with_adam_and_descends():
     net = specdef(p.released, 10.0)
     tr = train(net, p.task, "muon", 60, lr=0.01)
     assert tr.diverged_at is None and tr.final < 0.5 * tr.losses[0]
+
+
+def _resumed_equals_uninterrupted(name: str, kw: dict, steps: int = 7, k: int = 3) -> None:
+    """k steps, state saved (torch.save) and loaded into a fresh optimizer built with other settings, then
+    steps − k more: the parameters equal, bit for bit, those of one uninterrupted run of ``steps``."""
+    p = teacher_student(width=5, d_in=3, n=20, seed=2)
+    net0 = specdef(p.released, 10.0, targets=["2"])
+    whole = copy.deepcopy(net0)
+    train(whole, p.task, make_optimizer(name, whole.parameters(), **kw), steps)
+    first = copy.deepcopy(net0)
+    opt = make_optimizer(name, first.parameters(), **kw)
+    train(first, p.task, opt, k)
+    buf = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    second = copy.deepcopy(net0)
+    second.load_state_dict(saved["model"])
+    fresh = make_optimizer(name, second.parameters(), lr=0.5 * kw["lr"])  # other settings: the load restores them
+    fresh.load_state_dict(saved["opt"])
+    train(second, p.task, fresh, steps - k)
+    for a, b in zip(whole.parameters(), second.parameters()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("newton", {"lr": 0.5, "damping": 1e-2}),
+    ("sophia", {"lr": 0.01, "k": 2, "rho": 0.5, "seed": 3}),  # resumed between two Hessian refreshes
+    ("muon", {"lr": 0.01, "adam_lr": 0.02}),
+])
+def test_optimizer_state_round_trips_and_the_run_continues_bit_identically(name, kw):
+    _resumed_equals_uninterrupted(name, kw)
+
+
+def test_optimizer_state_lives_in_state_and_newton_reports_a_frozen_info():
+    p = teacher_student(width=4, d_in=3, n=12, seed=0)
+    opt = make_optimizer("sophia", p.released.parameters(), lr=0.01)
+    train(p.released, p.task, opt, 2)
+    assert opt.state["hutchinson"]["step"] == 2 and set(opt.state_dict()["state"]) >= {"hutchinson", 0}
+    assert set(make_optimizer("muon", p.released.parameters(), lr=0.01).state_dict()) == {"muon", "adam"}
+    newton = make_optimizer("newton", p.released.parameters(), lr=1.0)
+    newton.step(lambda: p.task.loss(p.released))
+    assert isinstance(newton.info, NewtonInfo) and newton.info.path == "exact"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        newton.info.path = "cg"
 
 
 def test_race_runs_each_optimizer_on_its_own_copy():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .eigen import lanczos_vector
 from .operators import HessianOperator, LinearOperator, as_operator
 
 __all__ = ["SpectralDensity", "slq", "spectral_density"]
@@ -74,11 +75,8 @@ def _tridiagonal(op: LinearOperator, q: torch.Tensor, m: int) -> tuple[torch.Ten
     diag, off = [], []
     for j in range(Q.shape[0]):
         Q[j] = q
-        w = op.matvec(q)
-        diag.append(float(q @ w))
-        w = w - diag[-1] * q - (off[-1] * Q[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full reorthogonalisation, twice
-            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        a, w = lanczos_vector(op, Q, j, off[-1] if j > 0 else 0.0)
+        diag.append(a)
         beta = float(w.norm())
         scale = max(abs(d) for d in diag) + max(off, default=0.0)  # ≥ ‖T‖ / 3
         if j + 1 == Q.shape[0] or beta <= 100 * eps * scale:

@@ -37,7 +37,7 @@ import torch
 
 from .operators import HessianOperator, LinearOperator, as_operator
 
-__all__ = ["EigenResult", "lanczos", "power_iteration", "top_eigenvalues"]
+__all__ = ["EigenResult", "lanczos", "power_iteration", "top_eigenvalues", "lanczos_vector"]
 WHICH = ("LM", "LA", "SA")
 
 
@@ -51,6 +51,20 @@ class EigenResult:
     iterations: int
     converged: bool
     matvecs: int  # products with H, including residual checks
+
+
+def lanczos_vector(op: LinearOperator, Q: torch.Tensor, j: int, beta_prev: float) -> tuple[float, torch.Tensor]:
+    """(αⱼ, w): αⱼ = qⱼᵀHqⱼ and w = Hqⱼ − αⱼqⱼ − βⱼ₋₁qⱼ₋₁, then w −= Q Qᵀ w twice (full reorthogonalisation).
+
+    One step of the recurrence for every Lanczos here (``lanczos``, ``density.slq``); ``Q`` holds q₀…qⱼ as rows.
+    """
+    q = Q[j]
+    w = op.matvec(q)
+    alpha = float(q @ w)
+    w = w - alpha * q - (beta_prev * Q[j - 1] if j > 0 else 0.0)
+    for _ in range(2):  # full reorthogonalisation, twice ("twice is enough", Parlett)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+    return alpha, w
 
 
 def _order(values: torch.Tensor, which: str) -> torch.Tensor:
@@ -137,12 +151,9 @@ def lanczos(op, *, k: int = 1, which: str = "LM", max_iter: int | None = None, t
     q, matvecs, converged, block = _random_unit(n, g, op), 0, False, 0  # block: where the current Krylov run began
     for j in range(m_max):
         Q[j] = q
-        w = op.matvec(q)
+        a, w = lanczos_vector(op, Q, j, offdiag[-1] if j > 0 else 0.0)
         matvecs += 1
-        diag.append(float(q @ w))
-        w = w - diag[-1] * q - (offdiag[-1] * Q[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full reorthogonalisation, twice
-            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        diag.append(a)
         beta = float(w.norm())
         theta, S = _eigh_tridiagonal(diag, offdiag)  # Ritz values, T's eigenvectors (j+1, j+1)
         idx = _order(theta, which)[:k]

@@ -51,22 +51,41 @@ class GradientGraph:
     def __init__(self, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
                  params: Mapping[str, torch.Tensor]):
         names = list(params)
-        self.leaves = [t.detach().requires_grad_(True) for t in params.values()]
-        self.sizes = [t.numel() for t in self.leaves]
-        self.n = sum(self.sizes)
+        leaves = [t.detach().requires_grad_(True) for t in params.values()]
         with torch.enable_grad():
-            self.loss = as_scalar_loss(loss_fn(dict(zip(names, self.leaves))))
-            if self.loss.requires_grad:
-                g = torch.autograd.grad(self.loss, self.leaves, create_graph=True, allow_unused=True,
-                                        materialize_grads=True)
-            else:  # ℒ does not depend on θ
-                g = [torch.zeros_like(t) for t in self.leaves]
-        self.g = list(g)
-        self.live = [i for i, gi in enumerate(self.g) if gi.requires_grad]  # parts of g that depend on θ
-        self.dtype, self.device = self.leaves[0].dtype, self.leaves[0].device
+            self._build(loss_fn(dict(zip(names, leaves))), leaves)
         if not self.live:
             self._check_flat(loss_fn, names)
         self._check_no_error_node()
+
+    @classmethod
+    def of_loss(cls, loss: torch.Tensor, params: list[torch.Tensor]) -> GradientGraph:
+        """The same object for a loss already computed from live ``params`` (an optimizer's closure).
+
+        The gradient is taken with respect to ``params`` themselves (not copies), so an optimizer can build
+        g once per step and take H v or H from it. No finite-difference check of a flat ℒ (there is no
+        ``loss_fn`` to re-evaluate): a loss with no second-order graph is taken to have H = 0.
+        """
+        self = cls.__new__(cls)
+        with torch.enable_grad():
+            self._build(loss, list(params))
+        self._check_no_error_node()
+        return self
+
+    def _build(self, loss, leaves: list[torch.Tensor]) -> None:
+        """g = ∇ℒ with create_graph=True (zeros for parameters ℒ does not use)."""
+        self.leaves = leaves
+        self.sizes = [t.numel() for t in self.leaves]
+        self.n = sum(self.sizes)
+        self.loss = as_scalar_loss(loss)
+        if self.loss.requires_grad:
+            g = torch.autograd.grad(self.loss, self.leaves, create_graph=True, allow_unused=True,
+                                    materialize_grads=True)
+        else:  # ℒ does not depend on θ
+            g = [torch.zeros_like(t) for t in self.leaves]
+        self.g = list(g)
+        self.live = [i for i, gi in enumerate(self.g) if gi.requires_grad]  # parts of g that depend on θ
+        self.dtype, self.device = self.leaves[0].dtype, self.leaves[0].device
 
     def _check_no_error_node(self) -> None:
         """Raise if g's graph passes through a node that cannot be differentiated again.
@@ -123,7 +142,7 @@ class GradientGraph:
         """g = ∇ℒ(θ), flat (n,), detached."""
         return torch.cat([gi.detach().reshape(-1) for gi in self.g])  # θᵢ.shape -> (numel,), then (n,)
 
-    def _split(self, V: torch.Tensor) -> list[torch.Tensor]:
+    def split(self, V: torch.Tensor) -> list[torch.Tensor]:
         """(…, n) -> one (…, *θᵢ.shape) block per parameter."""
         return [c.reshape(*V.shape[:-1], *t.shape) for c, t in zip(torch.split(V, self.sizes, dim=-1), self.leaves)]
 
@@ -131,32 +150,38 @@ class GradientGraph:
         """H v for a flat (n,) v: one backward pass through the kept graph."""
         if not self.live:  # ℒ is at most linear in θ: H = 0
             return torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        vs = self._split(v.to(self.dtype))
+        vs = self.split(v.to(self.dtype))
         Hv = torch.autograd.grad([self.g[i] for i in self.live], self.leaves, [vs[i] for i in self.live],
                                  retain_graph=True, allow_unused=True, materialize_grads=True)
         return torch.cat([h.reshape(-1) for h in Hv])  # θᵢ.shape -> (numel,), then (n,)
 
     def _rows_batched(self, E: torch.Tensor) -> torch.Tensor:
         """(b, n) seeds -> (b, n) products, row r = H E[r], in one vmapped backward pass."""
-        Es = self._split(E)  # (b, *θᵢ.shape) each
+        Es = self.split(E)  # (b, *θᵢ.shape) each
         rows = torch.autograd.grad([self.g[i] for i in self.live], self.leaves, [Es[i] for i in self.live],
                                    retain_graph=True, is_grads_batched=True, allow_unused=True,
                                    materialize_grads=True)
         return torch.cat([r.reshape(E.shape[0], -1) for r in rows], dim=1)  # (b, numel_i) each -> (b, n)
 
-    def dense(self, chunk: int = 256, seed: int = 0) -> torch.Tensor:
-        """H (n, n), batched and verified as the module docstring says; RuntimeError if it stays asymmetric."""
+    def dense(self, chunk: int = 256, seed: int = 0, *, verify: bool = True) -> torch.Tensor:
+        """H (n, n), batched and verified as the module docstring says; RuntimeError if it stays asymmetric.
+
+        ``verify=False`` skips the checks (an optimizer mid-run, where a diverged step may make H non-finite
+        and the caller decides what to do); an op without a batching rule still falls back to columns.
+        """
         if not self.live:
             return torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)
         eye = torch.eye(self.n, dtype=self.dtype, device=self.device)  # (n, n): seeds e_j, one per row
         v = torch.randn(self.n, generator=torch.Generator().manual_seed(seed), dtype=self.dtype).to(self.device)
         try:
             M = torch.cat([self._rows_batched(eye[s:s + chunk]) for s in range(0, self.n, chunk)])  # row j = H e_j
-            if self._error(M, v) is None:
+            if not verify or self._error(M, v) is None:
                 return M.T.contiguous()  # column j = H e_j
         except (RuntimeError, NotImplementedError):  # an op without a batching rule
             pass
         M = torch.stack([self.hvp(e) for e in eye])  # one backward pass per column
+        if not verify:
+            return M.T.contiguous()
         asym = self._error(M, v)
         if asym is not None:
             raise RuntimeError(

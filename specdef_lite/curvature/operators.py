@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from .products import FALLBACK, HVP_METHODS, ROUTE_ERRORS, LossFn, Params, _route, flatten_params, warn_fallback
+from .products import FALLBACK, HVP_METHODS, ROUTE_ERRORS, LossFn, Params, flatten_params, hvp_by_route, warn_fallback
 from .gradgraph import GradientGraph, as_scalar_loss
 
 __all__ = ["LinearOperator", "as_operator", "HessianOperator", "check_deterministic"]
@@ -189,7 +189,7 @@ class HessianOperator(LinearOperator):
     def _product(self, v: torch.Tensor) -> torch.Tensor:
         if self._graph is not None:
             return self._graph.hvp(v)
-        return _route(self.loss_fn, self.params, v, self.route, self.eps)
+        return hvp_by_route(self.loss_fn, self.params, v, self.route, self.eps)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(self.dtype)

@@ -54,12 +54,13 @@ HVP_METHODS = ("auto", "double-backward", "forward-over-reverse", "finite-differ
 FALLBACK = ("double-backward", "forward-over-reverse", "finite-difference")  # the order "auto" tries
 ROUTE_ERRORS = (RuntimeError, NotImplementedError)  # what "auto" falls back on (never a ValueError)
 
-__all__ = ["hvp", "hessian", "loss_fn_of", "select_params", "flatten_params", "unflatten_like", "HVP_METHODS"]
+__all__ = ["hvp", "hvp_by_route", "hessian", "loss_fn_of", "select_params", "flatten_params", "unflatten_like", "HVP_METHODS"]
 
 
-def flatten_params(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """θ ↦ vec(θ): concatenation of the flattened tensors, in dict order; shape (n,)."""
-    return torch.cat([t.reshape(-1) for t in params.values()])  # each t.shape -> (numel,), then (n,)
+def flatten_params(params: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> torch.Tensor:
+    """θ ↦ vec(θ): concatenation of the flattened tensors (a dict's values, in order); shape (n,)."""
+    tensors = params.values() if isinstance(params, Mapping) else params
+    return torch.cat([t.reshape(-1) for t in tensors])  # each t.shape -> (numel,), then (n,)
 
 
 def unflatten_like(v: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
@@ -163,7 +164,8 @@ def _gradient(loss_fn: LossFn, params: Params) -> torch.Tensor:
     return torch.cat([gi.reshape(-1) for gi in g])  # θᵢ.shape -> (numel,), then (n,)
 
 
-def _route(loss_fn: LossFn, params: Params, v: torch.Tensor, method: str, eps: float | None) -> torch.Tensor:
+def hvp_by_route(loss_fn: LossFn, params: Params, v: torch.Tensor, method: str, eps: float | None) -> torch.Tensor:
+    """H v by one named route (no fallback); ``hvp`` and ``HessianOperator`` choose the route and fall back."""
     vs = unflatten_like(v, params)
     if method == "double-backward":
         return GradientGraph(loss_fn, params).hvp(v)
@@ -212,13 +214,13 @@ def hvp(loss_fn: LossFn, params: Params, v: torch.Tensor, *, method: str = "auto
     v = v.to(dtype=next(iter(params.values())).dtype)
     if method != "auto":
         try:
-            return _route(loss_fn, params, v, method, eps)
+            return hvp_by_route(loss_fn, params, v, method, eps)
         except ROUTE_ERRORS as e:
             raise type(e)(f"{e}\n(HVP route {method!r} failed on this loss; method='auto' falls back to "
                           f"another route automatically)") from e
     for i, route in enumerate(FALLBACK):
         try:
-            return _route(loss_fn, params, v, route, eps)
+            return hvp_by_route(loss_fn, params, v, route, eps)
         except ROUTE_ERRORS as e:
             if i + 1 == len(FALLBACK):
                 raise

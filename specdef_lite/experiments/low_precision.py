@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from ..lock.deform import specdef
-from ..optim.precision import (VanishingTable, as_dtype, forward_error, gradient_step, param_groups, task_in,
-                               vanishes)
+from ..optim.precision import LAWS, VanishingTable, as_dtype, step_table, task_in
 from ..optim.training import Trace, train
 from .best_response import BestResponse
 from .grid import nearest
@@ -28,8 +27,6 @@ from .tuning import LABELS, anchor, best_response, closest
 __all__ = ["PrecisionRun", "precision_attack", "share_of_way", "AttackerLrs", "attacker_lrs", "vanishing_at",
            "param_names", "LAWS"]
 
-# η(α) ∝ α^−p beyond the measured range: GD's stable step ∝ 1/λ_max ∝ 1/α², a normalised step ∝ 1/α (notebook 03)
-LAWS = {"sgd": 2, "adam": 1, "sophia": 1, "muon": 1}
 
 
 @dataclass(frozen=True)
@@ -200,25 +197,6 @@ def vanishing_at(model, task, lrs: AttackerLrs, *, dtypes: Sequence[str] = ("flo
         >>> vanishing_at(p.released, p.task, eta, dtypes=["float32"]).fraction("sgd", "float32").round(2).tolist()
         [0.0, 0.99]
     """
-    alphas = lrs.alphas
     opts = [o for o in lrs.lrs if o in ("sgd", "adam")]
-    for d in dtypes:
-        as_dtype(d)
-    rel = {o: [] for o in opts}
-    lost = {(o, d): [] for o in opts for d in dtypes}
-    groups = None
-    for i, a in enumerate(alphas):
-        locked = specdef(model, float(a), k=k, targets=targets)
-        groups = param_groups(locked) if groups is None else groups
-        for o in opts:
-            w, delta = gradient_step(locked, task, float(lrs.lrs[o][i]), o)   # flat float64 (P,)
-            r = (delta.abs() / w.abs()).numpy()
-            r[(delta == 0).numpy() | (w == 0).numpy()] = np.nan
-            rel[o].append(r)
-            for d in dtypes:
-                lost[(o, d)].append((vanishes(w, delta, d) & (delta != 0)).numpy())
-    errors = {d: np.array([forward_error(model, float(a), task.inputs, d, k=k, targets=targets) for a in alphas])
-              for d in dtypes} if getattr(task, "inputs", None) is not None else {}
-    return VanishingTable(alphas, {o: np.asarray(lrs.lrs[o], dtype=float) for o in opts},
-                          {o: np.stack(v) for o, v in rel.items()}, {key: np.stack(v) for key, v in lost.items()},
-                          groups, errors, tuple(dtypes))
+    return step_table(model, task, lrs.alphas, opts, lambda o, i, _locked: float(lrs.lrs[o][i]), dtypes=dtypes,
+                      k=k, targets=targets)

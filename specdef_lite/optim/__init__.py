@@ -2,7 +2,11 @@
 
 | module | idea |
 |---|---|
-| ``optimizers`` | ``make_optimizer``: SGD, Adam, saddle-free Newton, Sophia-H, Muon+Adam |
+| ``optimizers`` | ``make_optimizer``: the registry of SGD, Adam, Newton, Sophia, Muon+Adam |
+| ``contract`` | what they share: a valid lr, ``step(closure)`` with the loss's graph |
+| ``newton`` | saddle-free damped Newton, exact or by conjugate gradient on HVPs; ``NewtonInfo`` |
+| ``sophia`` | Sophia-H: clipped diagonal-Hessian momentum, h from Hutchinson's u ⊙ (Hu) |
+| ``muon`` | ``MuonAdam``: Muon on the matrices, Adam on the rest |
 | ``training`` | ``train`` → ``Trace`` (losses, divergence, steps to τ) |
 | ``problems`` | the toy tasks (quadratic, regression, teacher–student) and the ``Task`` they share |
 | ``precision`` | whether an update survives rounding of α-sized weights (float32, bfloat16) |

@@ -15,7 +15,7 @@ and only the final addition w + Δ happens in the storage format, as in mixed-pr
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -23,15 +23,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..curvature.eigen import top_eigenvalues
+from ..curvature.products import flatten_params, loss_fn_of
 from ..lock.deform import specdef
 
 __all__ = ["DTYPES", "as_dtype", "unit_roundoff", "vanishes", "vanishing_fraction", "smallest_update",
-           "feasible_lr", "descent_lr", "gradient_step", "update_vanishing", "forward_error",
-           "VanishingTable", "vanishing_table", "param_groups", "task_in"]
+           "LAWS", "feasible_lr", "descent_lr", "gradient_step", "update_vanishing", "forward_error",
+           "VanishingTable", "vanishing_table", "step_table", "param_groups", "task_in"]
 
 DType = Union[str, torch.dtype]
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 F64 = torch.float64
+LAWS = {"sgd": 2, "adam": 1, "sophia": 1, "muon": 1}  # η(α) ∝ α^−p: GD's stable step ∝ 1/λ_max ∝ 1/α², a normalised one ∝ 1/α
 
 
 def as_dtype(dtype: DType) -> torch.dtype:
@@ -124,17 +127,14 @@ def feasible_lr(alpha: float | np.ndarray, lr1: float, optimizer: str = "sgd") -
         >>> feasible_lr(1e3, 0.3, "sgd"), feasible_lr(1e3, 1e-2, "adam")
         (3e-07, 1e-05)
     """
-    power = {"sgd": 2, "adam": 1, "sophia": 1, "muon": 1}
-    if optimizer not in power:
-        raise ValueError(f"optimizer must be one of {', '.join(power)}, got {optimizer!r}")
-    eta = lr1 / np.asarray(alpha, dtype=float) ** power[optimizer]
+    if optimizer not in LAWS:
+        raise ValueError(f"optimizer must be one of {', '.join(LAWS)}, got {optimizer!r}")
+    eta = lr1 / np.asarray(alpha, dtype=float) ** LAWS[optimizer]
     return float(eta) if eta.ndim == 0 else eta
 
 
 def descent_lr(model: nn.Module, task) -> float:
     """η = 1/λ_max(∇²ℒ) — the descent-lemma step (half the GD stability limit 2/λ_max), measured by Lanczos."""
-    from ..curvature.products import loss_fn_of
-    from ..curvature.eigen import top_eigenvalues
     loss_fn, theta = loss_fn_of(model, task)
     lam = float(top_eigenvalues(loss_fn, theta, which="LA").values[0])
     if not lam > 0:
@@ -154,8 +154,7 @@ def gradient_step(model: nn.Module, task, lr: float, optimizer: str = "sgd") -> 
         raise ValueError("the model has no trainable parameters")
     task64 = task_in(task, F64)
     grads = torch.autograd.grad(task64.loss(net), params, allow_unused=True, materialize_grads=True)
-    w = torch.cat([p.detach().reshape(-1) for p in params])  # (P,)
-    g = torch.cat([gr.reshape(-1) for gr in grads])  # (P,)
+    w, g = flatten_params([p.detach() for p in params]), flatten_params(grads)  # (P,) each
     if optimizer == "sgd":
         delta = -lr * g
     elif optimizer == "adam":
@@ -254,27 +253,34 @@ def vanishing_table(model: nn.Module, task, alphas: Sequence[float], lr1: dict[s
         >>> tab.fraction("sgd", "float32").round(2).tolist()
         [0.0, 0.99]
     """
+    alphas = list(alphas)
+
+    def lr_at(o: str, i: int, locked: nn.Module) -> float:  # GD at min(η₁, 1/λ_max) when measured, else the law
+        measured = o == "sgd" and gd_lr == "measured"
+        return min(lr1[o], descent_lr(locked, task)) if measured else float(feasible_lr(float(alphas[i]), lr1[o], o))
+    return step_table(model, task, alphas, list(lr1), lr_at, dtypes=dtypes, k=k, targets=targets)
+
+
+def step_table(model: nn.Module, task, alphas: Sequence[float], optimizers: Sequence[str],
+               lr_at: Callable[[str, int, nn.Module], float], *, dtypes: Sequence[str] = ("float32", "bfloat16"),
+               k: int = 1, targets=None) -> VanishingTable:
+    """For each αᵢ: lock, take one step Δ at η = ``lr_at(optimizer, i, locked)``, test fl(w + Δ) = w per dtype.
+
+    The loop behind ``vanishing_table`` (η from a law or Lanczos) and ``experiments.low_precision.vanishing_at``
+    (η the attacker's measured best response); ``optimizers`` are "sgd" and/or "adam" (``gradient_step``).
+    """
     alphas = np.asarray(list(alphas), dtype=float)
     for d in dtypes:
         as_dtype(d)
-    A = len(alphas)
-    lrs = {o: np.zeros(A) for o in lr1}
-    rel: dict[str, list[np.ndarray]] = {o: [] for o in lr1}
-    lost: dict[tuple[str, str], list[np.ndarray]] = {(o, d): [] for o in lr1 for d in dtypes}
-    groups = None
+    lrs, rel = {o: np.zeros(len(alphas)) for o in optimizers}, {o: [] for o in optimizers}
+    lost: dict[tuple[str, str], list[np.ndarray]] = {(o, d): [] for o in optimizers for d in dtypes}
+    groups = param_groups(specdef(model, 1.0, k=k, targets=targets))  # the same entries at every α
     for i, a in enumerate(alphas):
         locked = specdef(model, float(a), k=k, targets=targets)
-        groups = param_groups(locked) if groups is None else groups
-        for o, eta1 in lr1.items():
-            if o == "sgd" and gd_lr == "measured":
-                lr = min(eta1, descent_lr(locked, task))
-            else:
-                lr = float(feasible_lr(float(a), eta1, o))
-            lrs[o][i] = lr
-            w, delta = gradient_step(locked, task, lr, o)
-            r = (delta.abs() / w.abs()).numpy()
-            r[(delta == 0).numpy() | (w == 0).numpy()] = np.nan
-            rel[o].append(r)
+        for o in optimizers:
+            lrs[o][i] = lr_at(o, i, locked)
+            w, delta = gradient_step(locked, task, float(lrs[o][i]), o)  # flat float64 (P,)
+            rel[o].append(np.where(((delta == 0) | (w == 0)).numpy(), np.nan, (delta.abs() / w.abs()).numpy()))
             for d in dtypes:
                 lost[(o, d)].append((vanishes(w, delta, d) & (delta != 0)).numpy())
     errors = {d: np.array([forward_error(model, float(a), task.inputs, d, k=k, targets=targets) for a in alphas])
@@ -290,5 +296,5 @@ def task_in(task, dtype: DType):
     for name in ("inputs", "targets", "H", "minimiser"):
         v = getattr(t, name, None)
         if isinstance(v, torch.Tensor) and v.is_floating_point():
-            setattr(t, name, v.to(dtype))
+            object.__setattr__(t, name, v.to(dtype))  # a frozen ToyTask too (t is a copy)
     return t

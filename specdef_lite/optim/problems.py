@@ -18,17 +18,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["Task", "Quadratic", "ToyProblem", "quadratic", "linear_regression", "teacher_student", "mlp"]
+__all__ = ["Task", "ToyTask", "Quadratic", "ToyProblem", "quadratic", "linear_regression", "teacher_student", "mlp"]
 
 F64 = torch.float64
 
 
-@dataclass
-class Task:
+@runtime_checkable
+class Task(Protocol):
+    """ℒ(f): what every task shares — ``loss(f)`` with its graph (for training and HVPs), ``value(f)`` as a float.
+
+    A type for hints: the toy tasks below (``ToyTask``) satisfy it, and so does any object with these two
+    methods; ``isinstance(obj, Task)`` checks that they exist.
+    """
+
+    def loss(self, f: Callable[..., torch.Tensor]) -> torch.Tensor: ...
+
+    def value(self, f: Callable[..., torch.Tensor]) -> float: ...
+
+
+@dataclass(frozen=True)
+class ToyTask:
     """ℒ(f) = mean((f(X) − Y)²), or ½(f() − θ*)ᵀH(f() − θ*) when ``inputs`` is None — one fixed full batch.
 
     Attributes:
@@ -86,7 +100,7 @@ def _orthogonal(n: int, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
 
 
 def quadratic(eigenvalues: Sequence[float] | torch.Tensor, *, seed: int = 0, rotate: bool = True,
-              dtype: torch.dtype = F64) -> tuple[Quadratic, Task]:
+              dtype: torch.dtype = F64) -> tuple[Quadratic, ToyTask]:
     """ℒ(θ) = ½(θ − θ*)ᵀ A (θ − θ*) with A = Q diag(λ) Qᵀ: Hessian A, spectrum ``eigenvalues``, κ = λ_max/λ_min.
 
     Args:
@@ -114,11 +128,11 @@ def quadratic(eigenvalues: Sequence[float] | torch.Tensor, *, seed: int = 0, rot
     A = 0.5 * (A + A.T)  # exactly symmetric
     theta_star = torch.randn(P, generator=g, dtype=dtype)
     theta0 = torch.randn(P, generator=g, dtype=dtype)
-    return Quadratic(theta0), Task(None, theta_star, H=A, minimiser=theta_star, name="quadratic")
+    return Quadratic(theta0), ToyTask(None, theta_star, H=A, minimiser=theta_star, name="quadratic")
 
 
 def linear_regression(n: int = 64, d: int = 8, *, seed: int = 0, noise: float = 0.0,
-                      dtype: torch.dtype = F64) -> tuple[nn.Linear, Task]:
+                      dtype: torch.dtype = F64) -> tuple[nn.Linear, ToyTask]:
     """ℒ(w) = (1/N)‖Xw − y‖² with y = Xw* + noise·ε; closed-form Hessian H = (2/N)XᵀX.
 
     Args:
@@ -147,7 +161,7 @@ def linear_regression(n: int = 64, d: int = 8, *, seed: int = 0, noise: float = 
         model.weight.copy_(torch.randn(1, d, generator=g, dtype=dtype) / math.sqrt(d))  # (1, d)
     H = 2.0 / n * X.T @ X  # (d, d)
     w_ls = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)  # (d,)
-    return model, Task(X, y.unsqueeze(1), H=H, minimiser=w_ls, name="linear regression")
+    return model, ToyTask(X, y.unsqueeze(1), H=H, minimiser=w_ls, name="linear regression")
 
 
 def mlp(sizes: Sequence[int], *, seed: int = 0, gain: float = 1.0, dtype: torch.dtype = F64) -> nn.Sequential:
@@ -171,7 +185,7 @@ def mlp(sizes: Sequence[int], *, seed: int = 0, gain: float = 1.0, dtype: torch.
     return nn.Sequential(*layers)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ToyProblem:
     """The paper's threat model in miniature: a released model, a harmful fine-tune, a utility check.
 
@@ -184,8 +198,8 @@ class ToyProblem:
         seed: the one seed everything was drawn from.
     """
     released: nn.Sequential
-    task: Task
-    utility: Task
+    task: ToyTask
+    utility: ToyTask
     target: float
     harmful: nn.Sequential
     seed: int
@@ -235,8 +249,8 @@ def teacher_student(*, d_in: int = 8, width: int = 16, depth: int = 2, n: int = 
             W.copy_((torch.eye(width, dtype=dtype) + E) @ W)
         X = torch.randn(n, d_in, generator=g, dtype=dtype)  # (N, d_in)
         X_u = torch.randn(n_utility, d_in, generator=g, dtype=dtype)  # (N_u, d_in)
-        task = Task(X, harmful(X), name="harmful fine-tune")
-        utility = Task(X_u, released(X_u), name="utility")
+        task = ToyTask(X, harmful(X), name="harmful fine-tune")
+        utility = ToyTask(X_u, released(X_u), name="utility")
     for p in harmful.parameters():
         p.requires_grad_(False)
     target = target_fraction * task.value(released)

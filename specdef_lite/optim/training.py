@@ -108,7 +108,7 @@ def train(model: nn.Module, task: Task, optimizer, steps: int, target: float | N
     Args:
         model: trained in place (pass ``copy.deepcopy(model)`` to keep the original); only parameters
             with ``requires_grad=True`` move.
-        task: anything with ``task.loss(model) -> scalar Tensor`` (see ``specdef_lite.optim.problems``).
+        task: a ``Task``: ``task.loss(model)`` a scalar tensor with its graph, ``task.value(model)`` a float.
         optimizer: a built optimizer (torch's, or one from ``make_optimizer``), or a name for
             ``make_optimizer`` — then ``lr=`` is required and ``optimizer_kw`` is passed on.
         steps: number of optimizer steps (≥ 0); the trace holds up to steps + 1 losses.
