@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform import SpecDefLinear, Targets, _is_linear, _set_module, deformed_layers, linear_weight
+from .deform import SpecDefLinear, deformed_layers
 from .guards import check_model, real_number
-from .targets import module_paths, unfaithful_reason
+from .targets import Targets, is_linear, linear_weight, resolve_targets, set_module
 
 __all__ = ["fuse", "inject", "InjectedLinear", "param_overhead", "ParamOverhead", "detect", "detect_scores"]
 
@@ -50,11 +50,7 @@ def fuse(model: nn.Module) -> nn.Module:
             new.weight.copy_(W)
             if b is not None:
                 new.bias.copy_(b)
-        new.train(layer.training)
-        if name:
-            _set_module(fused, name, new)
-        else:
-            fused = new
+        fused = set_module(fused, name, new)
     return fused
 
 
@@ -126,10 +122,9 @@ def inject(model: nn.Module, targets: Targets = None) -> nn.Module:
         A copy whose only trainable parameters are the injected ``D`` matrices (``*.D``).
     """
     check_model(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
     if targets is None:
         # every deformed pair, wrapped at its outermost injected layer if it was injected before
-        outer = {n: m for n, m in model.named_modules() if isinstance(m, InjectedLinear)}
+        outer = [n for n, m in model.named_modules() if isinstance(m, InjectedLinear)]
         names = []
         for n in deformed_layers(model):
             wrappers = [o for o in outer if n.startswith(o + ".") or o == "" and n]
@@ -138,42 +133,17 @@ def inject(model: nn.Module, targets: Targets = None) -> nn.Module:
                 names.append(name)
         if not names:
             raise ValueError("the model has no deformed layer; pass targets= to inject after plain linear layers")
-    else:
-        if callable(targets):
-            names = [n for n, m in model.named_modules() if n and targets(n, m)]
-        elif isinstance(targets, str) or (isinstance(targets, (list, tuple, set, frozenset))
-                                          and all(isinstance(t, str) for t in targets)):
-            wanted = [targets] if isinstance(targets, str) else list(dict.fromkeys(targets))
-            missing = [n for n in wanted if n not in modules]
-            if missing:
-                raise ValueError(f"target {missing[0]!r} not found in the model")
-            names = wanted
-        else:
-            raise TypeError(f"targets must be None, a module name, a list of names or a predicate, got {targets!r}")
-        for n in names:
-            if not (_is_linear(modules[n]) or isinstance(modules[n], (SpecDefLinear, InjectedLinear))):
-                raise ValueError(f"target {n!r} is a {type(modules[n]).__name__}, not a linear layer")
-        if not names:
-            raise ValueError("targets matched no module")
-    paths = module_paths(model)
-    for n in names:
-        why = unfaithful_reason(model, modules[n], paths)
-        if why is None and not _is_linear(modules[n]) and any(
-                getattr(modules[n], h, None) for h in ("_forward_hooks", "_forward_pre_hooks")):
-            why = "it has forward hooks (remove them first)"
-        if why:
-            raise ValueError(f"cannot inject after {n!r} faithfully: {why}")
+    names = resolve_targets(model, names if targets is None else targets, lockable=_injectable, verb="inject")
     attacked = copy.deepcopy(model)
     for p in attacked.parameters():
         p.requires_grad_(False)
     for name in names:
-        layer = attacked.get_submodule(name) if name else attacked
-        new = InjectedLinear(layer)
-        if name:
-            _set_module(attacked, name, new)
-        else:
-            attacked = new
+        attacked = set_module(attacked, name, InjectedLinear(attacked.get_submodule(name) if name else attacked))
     return attacked
+
+
+def _injectable(module: nn.Module) -> bool:
+    return is_linear(module) or isinstance(module, (SpecDefLinear, InjectedLinear))
 
 
 @dataclass(frozen=True)
