@@ -34,14 +34,15 @@ from torch import nn
 
 from ..lock.attacks import fuse
 from ..common.checkpoint import atomic_folder, check_locked_folder, fault_point, read_json
-from ..lock.deform import SpecDefLinear, _is_conv1d, _set_module, deformed_layers, specdef
+from ..lock.deform import SpecDefLinear, deformed_layers, specdef
 from ..lock.guards import MAX_BYTES, MAX_ERROR, check_model, forward_error_estimate, real_number, resolve_dtype
-from .finetune import (AttackResult, attack, attack_grid, attack_params, best_response, prefix_for, table1,
-                     to_markdown)
+from ..lock.targets import is_conv1d, set_module
+from .finetune import AttackResult, attack, attack_grid, attack_params, best_response, prefix_for
+from .tables import table1, to_markdown
 from .data import (Eval, TextTask, batches, data_dir, evaluate, lm_loss, paper_results, play_text,
                    shakespeare_plays, shakespeare_task)
 from .prefix import FrozenPrefix, tail_loss
-from .source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, _model_path, _quiet_hub_bars, cache_dir,
+from .source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, cache_dir, model_path, quiet_hub_bars,
                      convert_gguf, default_model_dir, resolve_device, smollm2_gguf)
 from .targets import blocks_of, default_kinds, match_targets, target_names
 
@@ -73,9 +74,9 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dev = resolve_device(device)  # checked before the (slow) load
     dtype = resolve_dtype(dtype)
-    path = _model_path(name_or_path)
+    path = model_path(name_or_path)
     meta = check_locked_folder(path, read_metadata(path), WEIGHTS_FILE) if isinstance(path, Path) else None
-    with _quiet_hub_bars():
+    with quiet_hub_bars():
         if meta is not None and meta.get("deformed"):
             model = _load_locked(path, meta)
         else:
@@ -135,7 +136,7 @@ def _load_locked(folder: Path, meta: dict) -> nn.Module:
         cd = getattr(torch, info["compute_dtype"]) if info.get("compute_dtype") else None
         layer = SpecDefLinear(state[f"{name}.W_tilde"], state[f"{name}.C"], state.get(f"{name}.bias"),
                               info["alpha"], info["k"], cd)
-        _set_module(model, name, layer)
+        set_module(model, name, layer)
     load_weights(model, state)
     return model
 
@@ -213,13 +214,13 @@ def fuse_to_base(model: nn.Module) -> nn.Module:
     if skeleton is None:
         return fused
     for name, ref in skeleton.named_modules():
-        if _is_conv1d(ref) and isinstance(fused.get_submodule(name), nn.Linear):
+        if is_conv1d(ref) and isinstance(fused.get_submodule(name), nn.Linear):
             lin = fused.get_submodule(name)
             conv = type(ref)(lin.out_features, lin.in_features).to(lin.weight.device, lin.weight.dtype)
             with torch.no_grad():
                 conv.weight.copy_(lin.weight.T)  # (out, in) -> Conv1D's (in, out)
                 conv.bias.copy_(lin.bias)
-            _set_module(fused, name, conv)
+            set_module(fused, name, conv)
     return fused
 
 

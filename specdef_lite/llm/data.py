@@ -24,19 +24,11 @@ import torch
 from torch import nn
 
 __all__ = ["data_dir", "shakespeare_plays", "play_text", "paper_results", "TextTask", "shakespeare_task", "batches",
-           "lm_loss", "Eval", "evaluate", "progress_disabled"]
+           "lm_loss", "Eval", "evaluate"]
 
 UTILITY_PLAYS = ("the-tempest", "twelfth-night", "julius-caesar", "richard-ii")
 DATA_ENV = "SPECDEF_LITE_DATA"
 _MARKER = "README.md"  # every copy of data/ carries its provenance file
-
-
-def progress_disabled(progress: bool | None = None) -> bool:
-    """An explicit ``progress`` wins; otherwise bars are off when ``SPECDEF_LITE_HEADLESS=1`` (papermill,
-    tests), since ``tqdm.auto`` leaves stale widget output in executed notebooks."""
-    if progress is not None:
-        return not progress
-    return os.environ.get("SPECDEF_LITE_HEADLESS", "") not in {"", "0", "false", "False"}
 
 
 def data_dir() -> Path:
