@@ -39,7 +39,19 @@ WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 
 
 def headless_flag() -> bool | None:
-    """``SPECDEF_LITE_HEADLESS`` as a flag: False for "0", "false", "no" (any case), None unset or blank, else True."""
+    """``SPECDEF_LITE_HEADLESS`` as a flag: False for "0", "false", "no" (any case), None unset or blank, else True.
+
+    The one reader of the variable: explorers (``is_live``) and progress bars (``progress_disabled``) agree.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {ENV: " No "}):
+        ...     headless_flag(), is_live(), progress_disabled()
+        (False, True, False)
+        >>> with mock.patch.dict(os.environ, {ENV: "1"}):
+        ...     headless_flag(), is_live(), progress_disabled(), progress_disabled(True)
+        (True, False, True, False)
+    """
     flag = os.environ.get(ENV, "").strip().lower()
     if not flag:
         return None
