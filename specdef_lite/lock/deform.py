@@ -113,9 +113,9 @@ def _top_k_svd(W: torch.Tensor, k: int, method: str, name: str):
     elif method == "lowrank":
         U, S, info = top_k_krylov(W, k)
         eps = torch.finfo(W.dtype).eps
-        if not info["converged"] and info["remaining"] > 1e-3:
-            warnings.warn(f"layer {name!r}: the partial SVD stopped after {info['blocks']} Krylov blocks with the top "
-                          f"singular values still rising (~{info['remaining']:.1e} relative): σ₁(W̃)/(α σ₁(W)) may be "
+        if not info.converged and info.remaining > 1e-3:
+            warnings.warn(f"layer {name!r}: the partial SVD stopped after {info.blocks} Krylov blocks with the top "
+                          f"singular values still rising (~{info.remaining:.1e} relative): σ₁(W̃)/(α σ₁(W)) may be "
                           f"below 0.999; method='full' keeps the promise exactly", RuntimeWarning, stacklevel=4)
     else:
         raise ValueError(f"method must be 'full' or 'lowrank', got {method!r}")
