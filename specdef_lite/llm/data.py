@@ -183,7 +183,7 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8,
         model: run as it is (call ``.eval()`` first for dropout models); nothing is modified.
         tokens: blocks (N, T).
         forward: ``forward(x) -> logits`` (B, T, V) used instead of ``model(x).logits`` (e.g. a cached
-            frozen prefix, ``llm_prefix.FrozenPrefix``); ``model`` then only gives the device.
+            frozen prefix, ``llm.prefix.FrozenPrefix``); ``model`` then only gives the device.
     """
     dev = next(model.parameters()).device
     nll, correct, top5, count = 0.0, 0, 0, 0

@@ -1,6 +1,6 @@
 """z = head(B_{L−1} ∘ … ∘ B_f(h_f)) with h_f = B_{f−1} ∘ … ∘ B_0(embed(x)) computed once per batch — the frozen prefix.
 
-Why: the attacker trains only the last blocks (``llm_attack.attack_params``), so every block below the first
+Why: the attacker trains only the last blocks (``llm.finetune.attack_params``), so every block below the first
 trained one, f, computes the same h_f at every step, every learning rate and in every model that shares those
 weights (original, locked, fused and injected models differ only in the blocks they lock). On SmolLM2-135M the
 27 frozen blocks of a 3-block attack were half of each step (benchmarks/bench_llm_attack.py).
