@@ -139,7 +139,7 @@ def main() -> None:
             promise[name] = float((Wt @ v).norm() / (ALPHA * torch.linalg.svdvals(W64)[0]))
     worst_name = min(promise, key=promise.get)
     worst, missed = promise[worst_name], [n for n, r in promise.items() if r < 0.999]
-    blocks = [top_k_krylov(W, K)[2]["blocks"] for W in mats[:4]]
+    blocks = [top_k_krylov(W, K)[2].blocks for W in mats[:4]]
     log(f"promise: worst {worst:.6f} ({worst_name}), missed {len(missed)}")
 
     idx = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(1))

@@ -73,7 +73,7 @@ def model_folder(spec: str) -> Path:
     elif spec.endswith(".gguf"):
         gguf = Path(spec)
     else:
-        return Path(llm._model_path(spec))
+        return Path(llm.model_path(spec))
     out = llm.cache_dir() / gguf.stem
     if not (out / "config.json").is_file():
         print(f"converting {gguf.name} to safetensors (once; a few minutes on a CPU)", flush=True)

@@ -17,6 +17,7 @@ _EXPORTS = {
     # the attacker (PAPER.md, "The limit")
     "fuse": "lock.attacks", "inject": "lock.attacks", "InjectedLinear": "lock.attacks",
     "param_overhead": "lock.attacks", "ParamOverhead": "lock.attacks", "detect": "lock.attacks", "detect_scores": "lock.attacks",
+    "DetectScores": "lock.attacks", "WeightScore": "lock.attacks",
     # curvature
     "as_operator": "curvature.operators", "HessianOperator": "curvature.operators", "LinearOperator": "curvature.operators",
     "hessian": "curvature.products", "hvp": "curvature.products", "loss_fn_of": "curvature.products", "select_params": "curvature.products",

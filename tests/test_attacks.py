@@ -1,12 +1,16 @@
 """The attacker's tools: fuse is exact, injection preserves f and its curvature is α-free, the bill is linear."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from specdef_lite import InjectedLinear, deformed_layers, detect, fuse, inject, param_overhead, specdef
+from specdef_lite import (InjectedLinear, SpecDefLinear, deformed_layers, detect, detect_scores, fuse, inject,
+                          param_overhead, specdef)
 
 F64 = torch.float64
+EPS = torch.finfo(F64).eps
 
 
 def net_of(gen, width=8, depth=3, d_in=4):
@@ -21,12 +25,23 @@ def net_of(gen, width=8, depth=3, d_in=4):
 
 
 def test_fuse_restores_original_weights(gen):
+    """C·W̃ multiplied in float64 gives W back up to the rounding of the stored W̃ (α times larger): c·α·ε, c < 10."""
     net = net_of(gen)
-    back = fuse(specdef(net, 1e4, k=3, targets=["0", "2", "4"]))
-    assert deformed_layers(back) == []
-    for (n1, p1), (n2, p2) in zip(net.named_parameters(), back.named_parameters()):
-        assert n1 == n2
-        assert float((p1 - p2).detach().abs().max() / p1.detach().abs().max()) <= 50 * 1e4 * 2.2e-16  # α·ε
+    for alpha in (10.0, 1e4):
+        back = fuse(specdef(net, alpha, k=3, targets=["0", "2", "4"]))
+        assert deformed_layers(back) == []
+        for (n1, p1), (n2, p2) in zip(net.named_parameters(), back.named_parameters()):
+            assert n1 == n2 and p2.dtype == F64
+            assert float((p1 - p2).detach().abs().max() / p1.detach().abs().max()) <= 10 * alpha * EPS
+
+
+def test_fused_model_equals_the_original_to_float64_rounding(gen):
+    net = net_of(gen)
+    back = fuse(specdef(net, 10.0, k=3, targets=["0", "2", "4"]))
+    x = torch.randn(64, 4, generator=gen, dtype=F64)
+    with torch.no_grad():
+        y, y_back = net(x), back(x)
+    assert torch.allclose(y_back, y, rtol=1e-12, atol=1e-12 * float(y.abs().max()))
 
 
 def test_fuse_without_pairs_is_an_error(gen):
@@ -35,16 +50,30 @@ def test_fuse_without_pairs_is_an_error(gen):
 
 
 def test_inject_preserves_function_and_freezes_released(gen):
+    """D starts at I exactly, so D·h = h in floating point: the injected model computes the locked one bit for bit."""
     net = net_of(gen)
     locked = specdef(net, 1e3, k=2, targets=["2", "4"])
     attacked = inject(locked)
     x = torch.randn(32, 4, generator=gen, dtype=F64)
     with torch.no_grad():
+        assert torch.equal(attacked(x), locked(x))
         torch.testing.assert_close(attacked(x), net(x), rtol=1e-9, atol=1e-12)
+    for name in ("2", "4"):
+        assert torch.equal(attacked[int(name)].D, torch.eye(8, dtype=F64))
     trainable = [n for n, p in attacked.named_parameters() if p.requires_grad]
     assert trainable == ["2.D", "4.D"]
     assert isinstance(attacked[2], InjectedLinear)
     assert all(p.requires_grad for p in locked.parameters())  # the released copy is untouched
+
+
+def test_inject_wraps_a_layer_registered_twice_once_and_a_bare_locked_layer():
+    shared = nn.Linear(3, 3, dtype=F64)
+    net = nn.Sequential(shared, nn.Tanh())
+    net.add_module("again", shared)
+    attacked = inject(specdef(net, 10.0, targets=["0"]), targets=["0", "again"])
+    assert attacked[0] is attacked.again and isinstance(attacked[0].inner, SpecDefLinear)
+    bare = inject(specdef(nn.Linear(4, 3, dtype=F64), 10.0))
+    assert isinstance(bare, InjectedLinear) and [n for n, p in bare.named_parameters() if p.requires_grad] == ["D"]
 
 
 def _injected_hessian(model, x, y):
@@ -120,3 +149,17 @@ def test_detect_fails_at_small_alpha(gen):
     """Documented failure mode: a weak lock (α below the gap threshold) hides in the natural spectrum."""
     net = net_of(gen, width=12, depth=2)
     assert detect(specdef(net, 5.0, targets=["2"])) == []
+
+
+def test_detect_scores_read_the_lock_spectra(gen):
+    """C = I − (1 − 1/α)U_kU_kᵀ: m − k singular values at 1 and k at 1/α; W̃'s top gap is ≥ α σ_k/σ_1 · … ≫ 1."""
+    net = net_of(gen, width=12, depth=2)
+    scores = detect_scores(specdef(net, 1e3, k=2, targets=["2"]))
+    C, W_tilde = scores["2.C"], scores["2.W_tilde"]
+    assert C.shape == (12, 12) and C.unit == 10 / 12
+    assert abs(C.sigma_min * 1e3 - 1) < 1e-9
+    assert W_tilde.gap > 20 and scores["0.weight"].gap < 20
+    assert [s.name for s in scores] == list(scores.names) == ["0.weight", "2.W_tilde", "2.C"]  # the 1×12 read-out
+    # has one singular value, so no spectrum: it is left out
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        C.gap = 0.0

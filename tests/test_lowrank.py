@@ -16,7 +16,7 @@ def test_promise_on_gap_free_gaussian_matrices(gen, shape):
         sigma = torch.linalg.svdvals(W.double())
         U, S, info = top_k_krylov(W, 2)
         achieved = torch.linalg.svdvals(U.T @ W.double())  # σᵢ(U_kᵀW) = σᵢ(W̃)/α for large α
-        assert info["converged"] and info["blocks"] > 0
+        assert info.converged and info.blocks > 0 and info.passes == 2 * info.blocks and info.remaining <= 3e-4
         assert float((achieved / sigma[:2]).min()) >= 0.999
         torch.testing.assert_close(U.T @ U, torch.eye(2, dtype=F64), rtol=0, atol=1e-12)
 

@@ -3,7 +3,6 @@ linear in type but not in use is refused with a sentence that says why; what can
 
 The precision law (guards.FORWARD_ERROR_C): relative forward error ≈ c·α·ε of the format the pairs live in.
 """
-import math
 import warnings
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 import specdef_lite as sl
+from _nets import mlp as seeded_mlp
 from specdef_lite.lock.attacks import InjectedLinear
 from specdef_lite.lock.deform import PrecisionWarning, forward_error_estimate
 
@@ -19,14 +19,7 @@ F64 = torch.float64
 
 
 def mlp(gen, dtype=F64, sizes=(6, 8, 3)):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        lin = nn.Linear(a, b, dtype=F64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=F64) / math.sqrt(a))
-            lin.bias.copy_(0.1 * torch.randn(b, generator=gen, dtype=F64))
-        layers += [lin, nn.Tanh()] if i < len(sizes) - 2 else [lin]
-    return nn.Sequential(*layers).to(dtype)
+    return seeded_mlp(gen, sizes).to(dtype)  # built in float64, then cast: every dtype holds the same numbers
 
 
 def rel(a, b):

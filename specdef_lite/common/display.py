@@ -4,7 +4,7 @@ papermill and nbconvert run a real kernel with comms open, so kernel introspecti
 browser from a headless run (TOOLCHAIN.md). The decision is therefore explicit, in this order:
   1. the ``live=`` argument of the call;
   2. the environment variable ``SPECDEF_LITE_HEADLESS`` ("1" → static, "0" → live), which the test and
-     book harnesses set;
+     book harnesses set, read in one place (``headless_flag``) for explorers and progress bars alike;
   3. a guess: ``JPY_SESSION_NAME`` is set in kernels that a Jupyter server started, absent under papermill;
   4. otherwise static — a static figure is always safe, a widget without a front end shows nothing.
 
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["is_live", "slider_figure", "show", "plain", "fmt", "explorer_bundle", "pre_save_hook"]
+__all__ = ["headless_flag", "is_live", "progress_disabled", "slider_figure", "show", "plain", "fmt", "explorer_bundle", "pre_save_hook"]
 
 ENV = "SPECDEF_LITE_HEADLESS"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -38,14 +38,42 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 
 
+def headless_flag() -> bool | None:
+    """``SPECDEF_LITE_HEADLESS`` as a flag: False for "0", "false", "no" (any case), None unset or blank, else True.
+
+    The one reader of the variable: explorers (``is_live``) and progress bars (``progress_disabled``) agree.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {ENV: " No "}):
+        ...     headless_flag(), is_live(), progress_disabled()
+        (False, True, False)
+        >>> with mock.patch.dict(os.environ, {ENV: "1"}):
+        ...     headless_flag(), is_live(), progress_disabled(), progress_disabled(True)
+        (True, False, True, False)
+    """
+    flag = os.environ.get(ENV, "").strip().lower()
+    if not flag:
+        return None
+    return flag not in {"0", "false", "no"}
+
+
 def is_live(live: bool | None = None) -> bool:
     """True if explorers should be FigureWidgets with ipywidgets controls (see the module docstring)."""
     if live is not None:
         return bool(live)
-    flag = os.environ.get(ENV)
-    if flag is not None and flag.strip() != "":
-        return flag.strip().lower() in {"0", "false", "no"}
+    headless = headless_flag()
+    if headless is not None:
+        return not headless
     return bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def progress_disabled(progress: bool | None = None) -> bool:
+    """An explicit ``progress`` wins; otherwise ``tqdm.auto`` bars are off only when headless (``headless_flag``):
+    they would leave stale widget output in notebooks papermill executes."""
+    if progress is not None:
+        return not progress
+    return headless_flag() is True
 
 
 def slider_figure(fig: go.Figure, frames: Sequence[dict[int, dict]], labels: Sequence[str], *,

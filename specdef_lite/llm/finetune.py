@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..experiments.best_response import BestResponse, Outcome, search
-from .data import TextTask, batches, evaluate, lm_loss, progress_disabled
+from ..common.display import progress_disabled
+from .data import TextTask, batches, evaluate, lm_loss
 from .prefix import FrozenPrefix, first_block, working_copy
 from ..optim.training import Trace
 
@@ -103,7 +104,7 @@ def attack_params(model: nn.Module, blocks: Sequence[int] = (-1,), *, injected_o
     In an injected model (``attacks.inject``) the released pairs it wrapped (``*.inner.*``) stay frozen
     and their injected ``D`` is trained instead; ``injected_only=True`` trains the ``D``s alone.
     """
-    from . import blocks_of
+    from .targets import blocks_of
     prefix, layers = blocks_of(model)
     chosen = {f"{prefix}.{b % len(layers)}." for b in blocks}
     names = []
@@ -283,5 +284,3 @@ def best_response(model: nn.Module, task: TextTask, *, lrs: Sequence[float], ste
 
     return search(run, lrs, budget=steps, target=target, label=label, max_extend=max_extend, progress=progress)
 
-
-from .tables import table1, to_markdown  # noqa: E402  (re-exported: llm imports them from here)

@@ -1,6 +1,6 @@
 """z = head(B_{L−1} ∘ … ∘ B_f(h_f)) with h_f = B_{f−1} ∘ … ∘ B_0(embed(x)) computed once per batch — the frozen prefix.
 
-Why: the attacker trains only the last blocks (``llm_attack.attack_params``), so every block below the first
+Why: the attacker trains only the last blocks (``llm.finetune.attack_params``), so every block below the first
 trained one, f, computes the same h_f at every step, every learning rate and in every model that shares those
 weights (original, locked, fused and injected models differ only in the blocks they lock). On SmolLM2-135M the
 27 frozen blocks of a 3-block attack were half of each step (benchmarks/bench_llm_attack.py).
@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .data import lm_loss
+from .targets import blocks_of
 
 __all__ = ["FrozenPrefix", "first_block", "working_copy", "tail_loss"]
 
@@ -35,7 +36,6 @@ class _Stop(Exception):
 
 def first_block(model: nn.Module, names: Collection[str]) -> int | None:
     """Index of the lowest decoder block holding one of the parameter ``names``; None if one lies outside the blocks."""
-    from . import blocks_of
     prefix, blocks = blocks_of(model)
     found = []
     for n in names:
@@ -97,7 +97,6 @@ class FrozenPrefix:
     """
 
     def __init__(self, model: nn.Module, first: int, head: Sequence[str], *, max_bytes: int = 2 << 30):
-        from . import blocks_of
         self.model, self.first, self.head, self.max_bytes = model, int(first), tuple(head), int(max_bytes)
         self.bytes = 0
         self.block_prefix, blocks = blocks_of(model)
@@ -237,7 +236,6 @@ def _has(model: nn.Module, name: str) -> bool:
 @torch.no_grad()
 def _head_modules(model: nn.Module, example: torch.Tensor) -> tuple[str, ...]:
     """The outermost modules the model calls after its last block returns, in call order."""
-    from . import blocks_of
     _, blocks = blocks_of(model)
     order: list[str] = []
     after = [False]

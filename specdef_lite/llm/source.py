@@ -21,7 +21,7 @@ import torch
 from ..common.checkpoint import atomic_folder, recover, safetensors_header
 
 __all__ = ["DEFAULT_MODEL", "INSTALL_HINT", "WEIGHTS_FILE", "cache_dir", "smollm2_gguf", "convert_gguf",
-           "default_model_dir", "resolve_device"]
+           "default_model_dir", "resolve_device", "model_path", "quiet_hub_bars"]
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_ALIASES = {"default", "smollm2", "smollm2-135m", "smollm2-135m-instruct"}
@@ -116,7 +116,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _model_path(name_or_path: str | os.PathLike) -> str | Path:
+def model_path(name_or_path: str | os.PathLike) -> str | Path:
     """A local folder (checked), the cached offline default, or a hub name; FileNotFoundError for a path that
     does not exist (rather than the hub's complaint about repository ids)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
@@ -145,11 +145,11 @@ def _model_path(name_or_path: str | os.PathLike) -> str | Path:
 
 
 @contextlib.contextmanager
-def _quiet_hub_bars():
+def quiet_hub_bars():
     """Silence transformers' own tqdm bars while headless (they would leave ipywidget state in an
     executed notebook, papermill #617), and restore its setting afterwards."""
     from transformers.utils import logging as hf_logging
-    from .data import progress_disabled
+    from ..common.display import progress_disabled
     was_enabled = hf_logging.is_progress_bar_enabled()
     if progress_disabled(None) and was_enabled:
         hf_logging.disable_progress_bar()

@@ -1,7 +1,7 @@
 """Streaming lock: W → (W̃, C) one tensor at a time, so a checkpoint bigger than memory can be locked.
 
 ``stream_lock`` reads a (sharded) safetensors checkpoint tensor by tensor and writes the locked one shard
-by shard. The maths per layer is ``deform._deform_weight``, the call ``specdef`` makes, so a streamed lock
+by shard. The maths per layer is ``deform.deform_weight``, the call ``specdef`` makes, so a streamed lock
 equals an in-memory ``llm.lock`` bit for bit. Peak memory is one layer's float64 work, never the model:
 a target's W is read through ``safetensors.safe_open`` opened for that tensor alone (its mapping, and so
 its resident pages, close with it); every other tensor is copied as raw bytes in 16 MiB pieces (any
@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..lock.deform import _check_alpha_k, _deform_weight
+from ..lock.deform import deform_weight
+from ..lock.guards import check_alpha_k
 from .shards import INDEX_FILE, SINGLE_FILE, read_header, checkpoint_files, is_sharded
 
 __all__ = ["StreamLock", "stream_lock", "lock_command", "resolve_targets", "is_sharded"]
@@ -87,7 +88,7 @@ def _skeleton(shapes: dict[str, list[int]]) -> nn.Module:
 def resolve_targets(shapes: dict[str, list[int]], targets: str | Sequence[str] | None,
                     blocks: Sequence[int], kinds: Sequence[str] | None) -> list[str]:
     """Module names to lock, chosen exactly as ``llm.lock`` chooses them, from tensor names alone."""
-    from . import match_targets, target_names
+    from .targets import match_targets, target_names
     skeleton = _skeleton(shapes)
     if targets is None:
         return target_names(skeleton, blocks, kinds)
@@ -185,9 +186,9 @@ def stream_lock(src: str | os.PathLike, out: str | os.PathLike, alpha: float, k:
     import time
     from safetensors import safe_open
     from tqdm.auto import tqdm
-    from .data import progress_disabled
+    from ..common.display import progress_disabled
     t0 = time.perf_counter()
-    _check_alpha_k(alpha, k)
+    check_alpha_k(alpha, k)
     alpha, src, out = float(alpha), Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} is not a checkpoint folder (no config.json)")
@@ -234,7 +235,7 @@ def stream_lock(src: str | os.PathLike, out: str | os.PathLike, alpha: float, k:
                     elif how[0] == "deform":
                         with safe_open(str(how[3]), framework="pt") as sf:  # this tensor's pages only
                             W = sf.get_tensor(how[2])
-                        W_tilde, C = _deform_weight(W.T if conv1d else W, alpha, k, method, how[1])
+                        W_tilde, C = deform_weight(W.T if conv1d else W, alpha, k, method, how[1])
                         del W
                         _write_tensor(fh, W_tilde.to(dtype))
                         del W_tilde

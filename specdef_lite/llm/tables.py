@@ -1,7 +1,7 @@
 """Table 1's shape: per model, the start metric, then "steps to target / final metric" per learning rate, as Markdown.
 
 The paper's Table 1 reports, per method and learning rate, the steps its relearning attack took and the accuracy
-it reached; ``table1`` lays ``llm_attack.attack_grid`` results out the same way, ``to_markdown`` renders any rows.
+it reached; ``table1`` lays ``llm.finetune.attack_grid`` results out the same way, ``to_markdown`` renders any rows.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only for the annotation: llm_attack imports this module
+if TYPE_CHECKING:  # only for the annotation: tables needs nothing of finetune at run time
     from .finetune import AttackResult
 
 __all__ = ["table1", "to_markdown"]

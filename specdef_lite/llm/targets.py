@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..lock.deform import SpecDefLinear, _is_linear
+from ..lock.deform import SpecDefLinear
 from ..lock.guards import real_number
+from ..lock.targets import is_linear
 
 __all__ = ["blocks_of", "default_kinds", "target_names", "match_targets"]
 
@@ -52,7 +53,7 @@ def target_names(model: nn.Module, blocks: Sequence[int] = (-3, -2, -1),
             raise ValueError(f"block {b} out of range: the model has {len(layers)} blocks")
         base = f"{prefix}.{b % len(layers)}"
         for n, m in model.get_submodule(base).named_modules():
-            if n and (_is_linear(m) or isinstance(m, SpecDefLinear)) and any(n == k or n.endswith("." + k) for k in kinds):
+            if n and (is_linear(m) or isinstance(m, SpecDefLinear)) and any(n == k or n.endswith("." + k) for k in kinds):
                 out.append(f"{base}.{n}")
     if not out:
         raise ValueError(f"no layer of blocks {list(blocks)} matches kinds {kinds}")
@@ -69,7 +70,7 @@ def match_targets(model: nn.Module, pattern: str) -> list[str]:
         rx = re.compile(r"(?:^|\.)(?:" + expanded + r")$")
     except re.error as e:
         raise ValueError(f"targets pattern {pattern!r} is not a valid regular expression: {e}") from None
-    names = [n for n, m in model.named_modules() if n and _is_linear(m) and rx.search(n)]
+    names = [n for n, m in model.named_modules() if n and is_linear(m) and rx.search(n)]
     if not names:
         raise ValueError(f"pattern {pattern!r} matches no linear layer")
     return names

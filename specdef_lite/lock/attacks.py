@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform import SpecDefLinear, Targets, _is_linear, _set_module, deformed_layers, linear_weight
+from .deform import SpecDefLinear, deformed_layers
 from .guards import check_model, real_number
-from .targets import module_paths, unfaithful_reason
+from .targets import Targets, is_linear, linear_weight, resolve_targets, set_module
 
-__all__ = ["fuse", "inject", "InjectedLinear", "param_overhead", "ParamOverhead", "detect", "detect_scores"]
+__all__ = ["fuse", "inject", "InjectedLinear", "param_overhead", "ParamOverhead", "detect", "detect_scores",
+           "DetectScores", "WeightScore"]
 
 
 def fuse(model: nn.Module) -> nn.Module:
@@ -50,11 +51,7 @@ def fuse(model: nn.Module) -> nn.Module:
             new.weight.copy_(W)
             if b is not None:
                 new.bias.copy_(b)
-        new.train(layer.training)
-        if name:
-            _set_module(fused, name, new)
-        else:
-            fused = new
+        fused = set_module(fused, name, new)
     return fused
 
 
@@ -126,10 +123,9 @@ def inject(model: nn.Module, targets: Targets = None) -> nn.Module:
         A copy whose only trainable parameters are the injected ``D`` matrices (``*.D``).
     """
     check_model(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
     if targets is None:
         # every deformed pair, wrapped at its outermost injected layer if it was injected before
-        outer = {n: m for n, m in model.named_modules() if isinstance(m, InjectedLinear)}
+        outer = [n for n, m in model.named_modules() if isinstance(m, InjectedLinear)]
         names = []
         for n in deformed_layers(model):
             wrappers = [o for o in outer if n.startswith(o + ".") or o == "" and n]
@@ -138,42 +134,17 @@ def inject(model: nn.Module, targets: Targets = None) -> nn.Module:
                 names.append(name)
         if not names:
             raise ValueError("the model has no deformed layer; pass targets= to inject after plain linear layers")
-    else:
-        if callable(targets):
-            names = [n for n, m in model.named_modules() if n and targets(n, m)]
-        elif isinstance(targets, str) or (isinstance(targets, (list, tuple, set, frozenset))
-                                          and all(isinstance(t, str) for t in targets)):
-            wanted = [targets] if isinstance(targets, str) else list(dict.fromkeys(targets))
-            missing = [n for n in wanted if n not in modules]
-            if missing:
-                raise ValueError(f"target {missing[0]!r} not found in the model")
-            names = wanted
-        else:
-            raise TypeError(f"targets must be None, a module name, a list of names or a predicate, got {targets!r}")
-        for n in names:
-            if not (_is_linear(modules[n]) or isinstance(modules[n], (SpecDefLinear, InjectedLinear))):
-                raise ValueError(f"target {n!r} is a {type(modules[n]).__name__}, not a linear layer")
-        if not names:
-            raise ValueError("targets matched no module")
-    paths = module_paths(model)
-    for n in names:
-        why = unfaithful_reason(model, modules[n], paths)
-        if why is None and not _is_linear(modules[n]) and any(
-                getattr(modules[n], h, None) for h in ("_forward_hooks", "_forward_pre_hooks")):
-            why = "it has forward hooks (remove them first)"
-        if why:
-            raise ValueError(f"cannot inject after {n!r} faithfully: {why}")
+    names = resolve_targets(model, names if targets is None else targets, lockable=_injectable, verb="inject")
     attacked = copy.deepcopy(model)
     for p in attacked.parameters():
         p.requires_grad_(False)
     for name in names:
-        layer = attacked.get_submodule(name) if name else attacked
-        new = InjectedLinear(layer)
-        if name:
-            _set_module(attacked, name, new)
-        else:
-            attacked = new
+        attacked = set_module(attacked, name, InjectedLinear(attacked.get_submodule(name) if name else attacked))
     return attacked
+
+
+def _injectable(module: nn.Module) -> bool:
+    return is_linear(module) or isinstance(module, (SpecDefLinear, InjectedLinear))
 
 
 @dataclass(frozen=True)
@@ -206,13 +177,59 @@ def param_overhead(before: nn.Module, after: nn.Module) -> ParamOverhead:
     return ParamOverhead(n_before, n_after, n_after - n_before, n_after / n_before, trainable)
 
 
-def detect_scores(model: nn.Module) -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class WeightScore:
+    """One 2-D weight's fingerprints: ``gap`` = max_{i≤4} σᵢ/σᵢ₊₁, ``unit`` = share of σ within 1e-4 of 1, σ_min."""
+    name: str
+    shape: tuple[int, int]
+    gap: float
+    unit: float
+    sigma_min: float
+
+    def flagged(self, gap: float, unit: float) -> bool:
+        """A compensation C (square, ≥ ``unit`` of σ at 1, σ_min < 1/``gap``) or a W̃ (top gap > ``gap``)."""
+        square = self.shape[0] == self.shape[1]
+        return (square and self.unit >= unit and self.sigma_min < 1.0 / gap) or self.gap > gap
+
+
+@dataclass(frozen=True)
+class DetectScores:
+    """``WeightScore`` of every 2-D weight with ≥ 2 singular values, in ``named_parameters`` order.
+
+    Iterating gives the scores; ``scores[name]`` the one of a parameter.
+    """
+    weights: tuple[WeightScore, ...]
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __getitem__(self, name: str) -> WeightScore:
+        for w in self.weights:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(w.name for w in self.weights)
+
+
+def detect_scores(model: nn.Module) -> DetectScores:
     """For every 2-D weight: ``gap`` = max_{i≤4} σᵢ/σᵢ₊₁ and ``unit`` = fraction of σ within 1e-4 of 1.
 
     A compensation C = I − (1 − 1/α)U_kU_kᵀ has unit ≈ 1 − k/m and its smallest σ = 1/α; a W̃ has gap ≈ α.
+
+    Example:
+        >>> from specdef_lite.lock.deform import specdef
+        >>> C = detect_scores(specdef(nn.Linear(8, 8).double(), alpha=1e3, k=2))["C"]
+        >>> C.shape, C.unit, round(1 / C.sigma_min)
+        ((8, 8), 0.75, 1000)
     """
     check_model(model)
-    scores = {}
+    scores = []
     for name, p in model.named_parameters():
         if p.ndim != 2 or min(p.shape) < 2:
             continue
@@ -222,8 +239,8 @@ def detect_scores(model: nn.Module) -> dict[str, dict[str, float]]:
         top = s[: min(5, s.numel())]
         gap = float((top[:-1] / top[1:].clamp_min(1e-300)).max())
         unit = float(((s - 1).abs() < 1e-4).double().mean())
-        scores[name] = {"gap": gap, "unit": unit, "sigma_min": float(s[-1])}
-    return scores
+        scores.append(WeightScore(name, (p.shape[0], p.shape[1]), gap, unit, float(s[-1])))
+    return DetectScores(tuple(scores))
 
 
 def detect(model: nn.Module, *, gap: float = 20.0, unit: float = 0.5) -> list[str]:
@@ -255,11 +272,8 @@ def detect(model: nn.Module, *, gap: float = 20.0, unit: float = 0.5) -> list[st
     if unit > 1:
         raise ValueError(f"unit must be a fraction in (0, 1], got {unit}")
     flagged = []
-    for pname, sc in detect_scores(model).items():
-        p = model.get_parameter(pname)
-        is_comp = p.shape[0] == p.shape[1] and sc["unit"] >= unit and sc["sigma_min"] < 1.0 / gap
-        if is_comp or sc["gap"] > gap:
-            module = pname.rpartition(".")[0]
-            if module not in flagged:
-                flagged.append(module)
+    for score in detect_scores(model):
+        module = score.name.rpartition(".")[0]
+        if score.flagged(gap, unit) and module not in flagged:
+            flagged.append(module)
     return flagged

@@ -30,10 +30,10 @@ from torch import nn
 from .guards import (MAX_BYTES, MAX_ERROR, PrecisionWarning, check_alpha_k, check_bytes, check_model,
                      check_overflow, check_precision, forward_error_estimate, resolve_dtype)
 from .lowrank import deformed_pair, top_k_krylov
-from .targets import Targets, _is_conv1d, _is_linear, _set_module, linear_weight, resolve_targets  # noqa: F401 (re-exported)
+from .targets import Targets, linear_weight, resolve_targets, set_module
 
-__all__ = ["SpecDefLinear", "specdef", "scale_only", "deformed_layers", "linear_weight", "spectrum_ratio",
-           "forward_error_estimate", "PrecisionWarning"]
+__all__ = ["SpecDefLinear", "specdef", "scale_only", "deformed_layers", "deform_weight", "linear_weight",
+           "spectrum_ratio", "forward_error_estimate", "PrecisionWarning"]
 
 
 class SpecDefLinear(nn.Module):
@@ -98,14 +98,6 @@ class SpecDefLinear(nn.Module):
                 + ("" if self.compute_dtype is None else f", compute_dtype={self.compute_dtype}"))
 
 
-def _check_alpha_k(alpha: float, k: int) -> None:
-    check_alpha_k(alpha, k)  # kept for callers of the old name (e.g. llm_stream)
-
-
-def _resolve_targets(model: nn.Module, targets: Targets) -> list[str]:
-    return resolve_targets(model, targets, deformed=SpecDefLinear)
-
-
 def _top_k_svd(W: torch.Tensor, k: int, method: str, name: str):
     """U_k (m×k, float64, orthonormal) and σ_k (k,) of W; raises if k exceeds its numerical rank.
 
@@ -121,9 +113,9 @@ def _top_k_svd(W: torch.Tensor, k: int, method: str, name: str):
     elif method == "lowrank":
         U, S, info = top_k_krylov(W, k)
         eps = torch.finfo(W.dtype).eps
-        if not info["converged"] and info["remaining"] > 1e-3:
-            warnings.warn(f"layer {name!r}: the partial SVD stopped after {info['blocks']} Krylov blocks with the top "
-                          f"singular values still rising (~{info['remaining']:.1e} relative): σ₁(W̃)/(α σ₁(W)) may be "
+        if not info.converged and info.remaining > 1e-3:
+            warnings.warn(f"layer {name!r}: the partial SVD stopped after {info.blocks} Krylov blocks with the top "
+                          f"singular values still rising (~{info.remaining:.1e} relative): σ₁(W̃)/(α σ₁(W)) may be "
                           f"below 0.999; method='full' keeps the promise exactly", RuntimeWarning, stacklevel=4)
     else:
         raise ValueError(f"method must be 'full' or 'lowrank', got {method!r}")
@@ -149,7 +141,7 @@ def _reuse_replaced_weights(model: nn.Module, names: list[str]) -> dict[int, nn.
     return {i: weights[i] for i in targets if i in weights and owners.get(i, set()) <= set(names)}
 
 
-def _deform_weight(W: torch.Tensor, alpha: float, k: int, method: str, name: str,
+def deform_weight(W: torch.Tensor, alpha: float, k: int, method: str, name: str,
                    dtype: torch.dtype = torch.float64):
     """(W̃, C) in ``dtype``: W̃ = (I + (α − 1) U_k U_kᵀ) W = W + (α − 1) U_k Σ_k V_kᵀ,  C = I − (1 − 1/α) U_k U_kᵀ.
 
@@ -178,7 +170,7 @@ def _plan(model: nn.Module, alpha, k, targets: Targets, method: str):
     """Validated (α, k, names, {name: W}) of a lock, before anything is copied or allocated."""
     alpha, k = check_alpha_k(alpha, k)
     _check_method(method)
-    names = _resolve_targets(model, targets)
+    names = resolve_targets(model, targets, deformed=SpecDefLinear)
     weights = {n: linear_weight(model.get_submodule(n) if n else model)[0] for n in names}
     return alpha, k, names, weights
 
@@ -231,15 +223,10 @@ def specdef(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None,
     for name in names:
         layer = locked.get_submodule(name) if name else locked
         W, b = linear_weight(layer)
-        W_tilde, C = _deform_weight(W, alpha, k, method, name, dtype=store[name])  # rounded once into store
+        W_tilde, C = deform_weight(W, alpha, k, method, name, dtype=store[name])  # rounded once into store
         check_overflow(name, W_tilde, C, store[name], alpha)
-        new = SpecDefLinear(W_tilde, C,
-                            None if b is None else b.detach().clone(), alpha, k, compute_dtype)
-        new.train(layer.training)
-        if name:
-            _set_module(locked, name, new)
-        else:
-            locked = new
+        new = SpecDefLinear(W_tilde, C, None if b is None else b.detach().clone(), alpha, k, compute_dtype)
+        locked = set_module(locked, name, new)
     return locked
 
 
@@ -257,18 +244,14 @@ def scale_only(model: nn.Module, alpha: float, k: int = 1, targets: Targets = No
     for name in names:
         layer = scaled.get_submodule(name) if name else scaled
         W, b = linear_weight(layer)
-        W_tilde, _ = _deform_weight(W, alpha, k, method, name)  # float64, so an overflow is reported by size
+        W_tilde, _ = deform_weight(W, alpha, k, method, name)  # float64, so an overflow is reported by size
         check_overflow(name, W_tilde, W_tilde[:0], W.dtype, alpha)
         new = nn.Linear(W.shape[1], W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
         with torch.no_grad():
             new.weight.copy_(W_tilde.to(W.dtype))
             if b is not None:
                 new.bias.copy_(b)
-        new.train(layer.training)
-        if name:
-            _set_module(scaled, name, new)
-        else:
-            scaled = new
+        scaled = set_module(scaled, name, new)
     return scaled
 
 

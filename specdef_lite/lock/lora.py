@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .deform import SpecDefLinear, _is_linear, deformed_layers
+from .deform import SpecDefLinear, deformed_layers
+from .targets import is_linear
 
 __all__ = ["PLACEMENTS", "lora", "adapter_params", "adapter_size"]
 
@@ -66,7 +67,7 @@ def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] |
         raise ValueError(f"the adapter rank r must be a positive integer, got {r!r}")
     modules = dict(model.named_modules())
     if targets is None:
-        names = deformed_layers(model) if on != "weight" else [n for n, m in modules.items() if n and _is_linear(m)]
+        names = deformed_layers(model) if on != "weight" else [n for n, m in modules.items() if n and is_linear(m)]
         if not names:
             raise ValueError("the model has no deformed layer: use on='weight' for a plain (or fused) model"
                              if on != "weight" else "the model has no nn.Linear layer")

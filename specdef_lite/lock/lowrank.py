@@ -27,10 +27,21 @@ copy of W, no identity matrix, no float64 C (3072² entries = 75 MB each for GPT
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["top_k_krylov", "deformed_pair"]
+__all__ = ["top_k_krylov", "KrylovInfo", "deformed_pair"]
+
+
+@dataclass(frozen=True)
+class KrylovInfo:
+    """How ``top_k_krylov`` stopped: Krylov ``blocks`` built, ``passes`` over W, ``converged``, and ``remaining``,
+    the estimated relative rise still left in σ̂ᵢ (max over i ≤ k); blocks 0 and remaining 0 for an exact SVD."""
+    blocks: int
+    passes: int
+    converged: bool
+    remaining: float
 
 ROWS = 64  # row block for the float64 work: 64 × 3072 × 8 B = 1.5 MB, cache-resident
 
@@ -50,16 +61,16 @@ def _orthonormalise(Y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return Q
 
 
-def _exact(W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _exact(W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, KrylovInfo]:
     U, S, _ = torch.linalg.svd(W.to(torch.float64), full_matrices=False)
-    return U[:, :k], S[:k], {"blocks": 0, "passes": 0, "converged": True, "remaining": 0.0}
+    return U[:, :k], S[:k], KrylovInfo(blocks=0, passes=0, converged=True, remaining=0.0)
 
 
 def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int = 10, max_blocks: int = 40,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, KrylovInfo]:
     """U_k (m×k, float64, orthonormal) and σ̂ (k,) of W (m×n) by block Krylov; ``info`` says how it stopped.
 
-    W with a NaN or inf gives NaN U_k and σ̂ (the caller refuses it). Returns ``(U_k, sigma, info)`` with info = {"blocks", "passes", "converged", "remaining"}: remaining is
+    W with a NaN or inf gives NaN U_k and σ̂ (the caller refuses it). Returns ``(U_k, sigma, info)``, info a ``KrylovInfo``; remaining is
     the estimated relative rise left in σ̂ᵢ (max over i ≤ k), the measure of how far σᵢ(W̃)/(ασᵢ(W)) may
     fall short of 1. A matrix too small for three blocks, or one whose Krylov space would fill up before
     the Ritz values settle, gets the exact float64 SVD instead (blocks 0, remaining 0).
@@ -75,40 +86,39 @@ def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int 
     Y = (W @ omega).to(torch.float64)  # (m, q)
     if not torch.isfinite(Y).all():  # a NaN or inf anywhere in W reaches every column: report, do not iterate
         nan = torch.full((k,), float("nan"), dtype=torch.float64, device=W.device)
-        return torch.full((m, k), float("nan"), dtype=torch.float64, device=W.device), nan, {
-            "blocks": 0, "passes": 1, "converged": False, "remaining": float("nan")}
+        return (torch.full((m, k), float("nan"), dtype=torch.float64, device=W.device), nan,
+                KrylovInfo(blocks=0, passes=1, converged=False, remaining=math.nan))
     Q[:, :q] = _orthonormalise(Y, Q[:, :0])
     Zs: list[torch.Tensor] = []  # Z_b = (Q_bᵀW)ᵀ, (n, q): the columns of (QᵀW)ᵀ
     G = torch.zeros(0, 0, dtype=torch.float64, device=W.device)  # Gram (QᵀW)(QᵀW)ᵀ, grown by blocks
     history: list[torch.Tensor] = []
-    info = {"blocks": 0, "passes": 1, "converged": False, "remaining": float("inf")}
+    passes, converged, remaining = 1, False, math.inf
     while True:
         b = len(Zs)
         Zs.append((Q[:, b * q:(b + 1) * q].T.to(W.dtype) @ W).T.to(torch.float64))  # (n, q); QᵀW is the fast layout
-        info["passes"] += 1
+        passes += 1
         cross = torch.cat(Zs, dim=1).T @ Zs[-1]  # (q·(b+1), q): the new Gram columns
         G = torch.cat([torch.cat([G, cross[:-q].T], dim=0), cross], dim=1) if b else cross
         lam, E = torch.linalg.eigh(G)  # ascending; σ̂ = √λ: Ritz values of W on span(Q)
         S = lam.flip(0)[:k].clamp_min(0.0).sqrt()
         history.append(S)
-        info["blocks"] = b + 1
         if len(history) >= 3:
             d1, d2 = history[-2] - history[-3], history[-1] - history[-2]  # rises, ≥ 0 up to rounding
             rho = (d2 / d1.clamp_min(torch.finfo(torch.float64).tiny)).clamp(0.0, 1.0)
             left = torch.where(rho < 1.0, d2.clamp_min(0.0) * rho / (1.0 - rho), torch.full_like(d2, math.inf))
-            previous = info["remaining"]
-            info["remaining"] = float((left / history[-1].clamp_min(torch.finfo(torch.float64).tiny)).max())
+            previous = remaining
+            remaining = float((left / history[-1].clamp_min(torch.finfo(torch.float64).tiny)).max())
             # two estimates in a row: one small rise between two large ones is a plateau, not convergence
-            info["converged"] = info["remaining"] <= tol and previous <= tol
-        if info["converged"] or b + 1 >= blocks:
+            converged = remaining <= tol and previous <= tol
+        if converged or b + 1 >= blocks:
             break
         Y = (W @ Zs[-1].to(W.dtype)).to(torch.float64)  # (m, q): the next block, (WWᵀ)Q_b
-        info["passes"] += 1
+        passes += 1
         Q[:, (b + 1) * q:(b + 2) * q] = _orthonormalise(Y, Q[:, :(b + 1) * q])
-    if not info["converged"] and blocks < max_blocks:  # ran into the size of W: take the exact SVD instead
+    if not converged and blocks < max_blocks:  # ran into the size of W: take the exact SVD instead
         return _exact(W, k)
     U_k = Q[:, :G.shape[0]] @ E.flip(1)[:, :k]  # (m, q·b) @ (q·b, k): top-k Ritz vectors
-    return torch.linalg.qr(U_k).Q, S, info
+    return torch.linalg.qr(U_k).Q, S, KrylovInfo(len(Zs), passes, converged, remaining)
 
 
 def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,8 @@ from .guards import check_model
 
 Targets = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
 
-__all__ = ["Targets", "linear_weight", "resolve_targets", "set_module", "module_paths", "unfaithful_reason"]
+__all__ = ["Targets", "linear_weight", "is_linear", "is_conv1d", "resolve_targets", "set_module", "module_paths",
+           "unfaithful_reason"]
 
 
 def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -29,26 +30,36 @@ def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     """
     if isinstance(module, nn.Linear):
         return module.weight, module.bias
-    if _is_conv1d(module):
+    if is_conv1d(module):
         return module.weight.T, module.bias  # (in, out) -> (out, in)
     raise TypeError(f"{type(module).__name__} is not a linear layer")
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    # GPT-2's transformers.pytorch_utils.Conv1D, recognised by name so transformers stays optional.
+def is_conv1d(module: nn.Module) -> bool:
+    """True for GPT-2's ``transformers.pytorch_utils.Conv1D`` (y = x W + b, W (in, out)), recognised by name so
+    transformers stays optional."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+def is_linear(module: nn.Module) -> bool:
+    """True for a layer computing y = W x + b: an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
-def resolve_targets(model: nn.Module, targets: Targets, *, deformed: type = type(None)) -> list[str]:
-    """Names of the layers to deform (one per module, in model order); refuses what cannot be locked faithfully."""
+def resolve_targets(model: nn.Module, targets: Targets, *, deformed: type | tuple[type, ...] = (),
+                    lockable: Callable[[nn.Module], bool] = is_linear, verb: str = "lock") -> list[str]:
+    """Names of the target layers (one per module, in model order); refuses what cannot be replaced faithfully.
+
+    Args:
+        targets: None (every ``lockable`` layer), a module name, a list of names, or a predicate (name, module).
+        deformed: types refused as already deformed (``specdef`` passes ``SpecDefLinear``: fuse before re-locking).
+        lockable: which modules may be targets (default: ``is_linear``; ``inject`` also accepts its own layers).
+        verb: what the caller does, for the error message ("lock", "inject").
+    """
     check_model(model)
     modules = dict(model.named_modules(remove_duplicate=False))  # every name, also a second name of one module
     if targets is None:
-        names = [n for n, m in modules.items() if _is_linear(m)]
+        names = [n for n, m in modules.items() if lockable(m)]
         if not names:
             raise ValueError("the model has no nn.Linear (or GPT-2 Conv1D) layer to deform")
     elif callable(targets):
@@ -65,8 +76,8 @@ def resolve_targets(model: nn.Module, targets: Targets, *, deformed: type = type
         for n in names:
             if not isinstance(n, str):
                 raise TypeError(f"targets must hold module names (str), got {n!r}")
-            if n not in modules or n == "":
-                linear = [m for m, mod in modules.items() if _is_linear(mod)]
+            if n not in modules or n == "" and not lockable(model):  # "" names the model itself
+                linear = [m for m, mod in modules.items() if lockable(mod)]
                 shown = ", ".join(linear[:8]) + (" …" if len(linear) > 8 else "")
                 raise ValueError(f"target {n!r} not found in the model; linear layers are: {shown}")
     unique, seen = [], set()
@@ -79,7 +90,7 @@ def resolve_targets(model: nn.Module, targets: Targets, *, deformed: type = type
         m = modules[n]
         if isinstance(m, deformed):
             raise ValueError(f"target {n!r} is already deformed ({type(m).__name__}); fuse it first to re-lock")
-        if not _is_linear(m):
+        if not lockable(m):
             raise ValueError(f"target {n!r} is a {type(m).__name__}, not a linear layer (nn.Linear or Conv1D)")
     paths = module_paths(model)
     problems = [f"{n!r}: {why}" for n in names if (why := unfaithful_reason(model, modules[n], paths))]
@@ -87,20 +98,28 @@ def resolve_targets(model: nn.Module, targets: Targets, *, deformed: type = type
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         hint = (" Pass targets= naming the other layers." if targets is None or callable(targets)
                 else " Leave it out of targets.")
-        raise ValueError("cannot lock faithfully — replacing these layers would change what the model computes: "
+        raise ValueError(f"cannot {verb} faithfully — replacing these layers would change what the model computes: "
                          + "; ".join(problems[:3]) + more + "." + hint)
     return names
 
 
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` at ``name`` and at every other name under which the same module is registered."""
+def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` and at every other name under which the same module is registered.
+
+    ``new`` takes the replaced module's train/eval mode. Returns the root: ``model``, or ``new`` when ``name``
+    is "" (the model itself is replaced), so callers write ``model = set_module(model, name, new)``.
+    """
     old = model.get_submodule(name) if name else model
+    new.train(old.training)
+    if not name:
+        return new
     for path in module_paths(model).get(id(old), [name]) or [name]:
         if not path:
-            continue  # the root itself: callers return ``new`` instead
+            continue  # the root is registered under "" too; it is not replaced here
         parent_name, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
+    return model
 
 
 def module_paths(model: nn.Module) -> dict[int, list[str]]:
@@ -136,5 +155,3 @@ def unfaithful_reason(model: nn.Module, module: nn.Module, paths: dict[int, list
                     f"(as torch's attention and transformer layers do)")
     return None
 
-
-_set_module = set_module
