@@ -18,15 +18,12 @@ from specdef_lite.lock.deform import PrecisionWarning, forward_error_estimate
 F64 = torch.float64
 
 
+from _nets import mlp as _float64_mlp  # noqa: E402
+
+
 def mlp(gen, dtype=F64, sizes=(6, 8, 3)):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        lin = nn.Linear(a, b, dtype=F64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=F64) / math.sqrt(a))
-            lin.bias.copy_(0.1 * torch.randn(b, generator=gen, dtype=F64))
-        layers += [lin, nn.Tanh()] if i < len(sizes) - 2 else [lin]
-    return nn.Sequential(*layers).to(dtype)
+    """The shared seeded tanh MLP (built in float64), then cast to ``dtype``."""
+    return _float64_mlp(gen, sizes).to(dtype)
 
 
 def rel(a, b):
