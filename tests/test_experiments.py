@@ -62,9 +62,11 @@ def test_closest_and_anchor_follow_the_run_that_got_lowest():
 
 
 def test_spanning_covers_the_range_at_the_grid_step():
-    g = spanning([0.03, 0.3], per_decade=2)
-    assert g[0] <= 0.03 and g[-1] >= 0.3
-    np.testing.assert_allclose(np.diff(np.log10(g)), 0.5, rtol=1e-9)
+    # the half-decade lattice 10^(j/2) from the largest point ≤ 0.03 (10^-2) to the smallest ≥ 0.3 (10^-0.5),
+    # each value rounded to 12 significant digits: equal to 10^(j/2) within 5e-12 (half a unit of the 12th)
+    np.testing.assert_allclose(spanning([0.03, 0.3], per_decade=2), 10.0 ** (np.arange(-4, 0) / 2), rtol=5e-12)
+    # an end on the lattice is its own bound, not one step further out
+    np.testing.assert_allclose(spanning([0.01, 0.1], per_decade=2), [0.01, 10 ** -1.5, 0.1], rtol=5e-12)
 
 
 @pytest.fixture(scope="module")

