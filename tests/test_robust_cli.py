@@ -17,11 +17,12 @@ from specdef_lite import llm  # noqa: E402
 
 
 def tiny(seed=0, vocab=97, dtype=torch.float32):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True, attn_implementation="eager")
-    return transformers.LlamaForCausalLM(cfg).eval().to(dtype)
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG; leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                       tie_word_embeddings=True, attn_implementation="eager")
+        return transformers.LlamaForCausalLM(cfg).eval().to(dtype)
 
 
 def char_tokenizer():

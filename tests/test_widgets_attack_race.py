@@ -4,6 +4,7 @@ Every trace an explorer draws is a ``Trace`` from ``train`` (03, 04) or a row of
 each test moves a control and compares the trace's y with the same quantity recomputed or looked up directly.
 """
 import copy
+import importlib
 
 import numpy as np
 import plotly.graph_objects as go
@@ -16,6 +17,8 @@ from specdef_lite.experiments.plots import bill_figure
 from specdef_lite.course.widgets.attacker import AttackerExplorer
 from specdef_lite.course.widgets.precision import PrecisionExplorer
 from specdef_lite.course.widgets.race import RaceExplorer
+
+race_module = importlib.import_module("specdef_lite.experiments.race")  # (the package also exports a function race)
 
 ALPHAS = [1.0, 10.0, 100.0]
 
@@ -106,9 +109,13 @@ def test_race_explorer_headless(table):
         ex.set(beta=1.0)
 
 
-def test_race_explorer_live(table):
+def test_race_explorer_live(table, monkeypatch):
     ex = RaceExplorer(table, alpha=1.0, optimizer="adam", lr=float(table.best_lr("adam")[0]), live=True)
     assert isinstance(ex.figure, go.FigureWidget)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the explorer trained a run the table already holds")
+    monkeypatch.setattr(race_module, "train", no_training)  # every state below is a lookup
     ex.controls["alpha"].value = 100.0
     mine = ex._idx["mine"]
     # η moved to the nearest value the scan tried at α = 100: a run already in the table, nothing trained
@@ -120,8 +127,7 @@ def test_race_explorer_live(table):
     assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0, lr_now).losses)
     ex.controls["lr"].value = float(table.best_lr("adam")[2])
     assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0).losses)
-    assert len(ex.latencies) == 2
-    assert np.median(ex.latencies) < 0.5  # a lookup (the new η at α = 100 is in the table)
+    assert len(ex.latencies) == 2  # two updates, each timed (benchmarks/bench_widgets.py reports the times)
 
 
 # ---------------------------------------------------------------- 04: the attacker
@@ -133,11 +139,15 @@ def attacks(toy):
 
 
 def test_attacks_converge_like_the_undefended_model(attacks, toy):
-    np.testing.assert_allclose(attacks.ratio("fused"), 1.0, rtol=0.2)
-    np.testing.assert_allclose(attacks.ratio("injected"), 1.0, rtol=0.2)
+    # Fusing (and injecting) changes the function only by the rounding of C·W̃ (c·α·ε ≤ 4e-12 here), so every η
+    # trains step for step as the reference, the search walks the same grid, and the ratio is 1 exactly.
+    assert attacks.ratio("fused").tolist() == [1.0] * len(attacks.alphas)
+    assert attacks.ratio("injected").tolist() == [1.0] * len(attacks.alphas)
     locked = attacks.steps_to("locked")
     assert np.isnan(locked[-1]) or locked[-1] >= 5 * attacks.ref_steps("original")
-    assert (attacks.fuse_error < 1e-9).all()
+    # W_fused = fl(C·fl(C⁻¹W)): two products of inner size n = width = 4, each off by ≤ γ_n ≈ n·ε times |C||C⁻¹| ≈ α,
+    # so max|W_fused − W| ≤ 2·n·α·ε·max|W| (measured 4.4–4.6·α·ε at α = 1e2, 1e4; 0 at α = 1)
+    assert (attacks.fuse_error <= 2 * 4 * attacks.alphas * np.finfo(np.float64).eps).all(), attacks.fuse_error
     assert attacks.detected[-1] == ("0", "2") and attacks.deformed == ("0", "2", "4")
     assert np.isnan(attacks.lrs["locked"][-1]) or attacks.lrs["locked"][-1] < 1e-6 < attacks.lrs["original"]
     # each attack gets its own best response; the injected run at it trains only the Ds
@@ -207,6 +217,6 @@ def test_precision_explorer_live(vanish):
     assert marker.x[0] == pytest.approx(1e6) and marker.y[0] == pytest.approx(vanish.fraction("sgd", "float32")[2])
     ex.controls["dtype"].value = "bfloat16"
     np.testing.assert_allclose(ex.figure.data[ex._idx["frac"][0]].y, vanish.fraction("sgd", "bfloat16"))
-    assert max(ex.latencies) < 0.5
+    assert len(ex.latencies) == 2  # timed for benchmarks/bench_widgets.py, never asserted here
     with pytest.raises(ValueError, match="dtype"):
         PrecisionExplorer(vanish, dtype="float16", live=False)
