@@ -18,8 +18,6 @@ from specdef_lite.lock.deform import PrecisionWarning, forward_error_estimate
 F64 = torch.float64
 
 
-
-
 def mlp(gen, dtype=F64, sizes=(6, 8, 3)):
     return seeded_mlp(gen, sizes).to(dtype)  # built in float64, then cast: every dtype holds the same numbers
 
