@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             info = _inspect(args)
             print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
         elif args.command == "lock" and (args.stream or (llm_stream.is_sharded(args.model) and args.check is None)):
-            llm_stream.lock_command(args)
+            try:
+                llm_stream.lock_command(args)
+            except ValueError as e:
+                raise ValueError(_shell_flags(str(e))) from None
         elif args.command == "lock":
             _lock(args)
         elif args.command == "fuse":
@@ -228,6 +231,11 @@ _FLAGS = {"compute_dtype=torch.": "--compute-dtype ", "max_error=None": "--max-e
           "raise max_bytes": "raise --max-gb"}  # the library's keywords → the shell's flags
 
 
+def _shell_flags(text: str) -> str:
+    """The library names its keywords; the shell user needs the flags."""
+    return re.sub(r"compute_dtype=torch\.|max_error=None|max_error=|raise max_bytes", lambda m: _FLAGS[m[0]], text)
+
+
 def _lock(args) -> None:
     import torch
 
@@ -240,9 +248,8 @@ def _lock(args) -> None:
         locked = llm.lock(model, args.alpha, args.k, args.targets, blocks=args.blocks, kinds=args.kinds,
                           method=args.method, compute_dtype=cd, max_error=args.max_error,
                           max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9))
-    except ValueError as e:  # the library names its keywords; the shell user needs the flags
-        raise ValueError(re.sub(r"compute_dtype=torch\.|max_error=None|max_error=|raise max_bytes", lambda m: _FLAGS[m[0]],
-                                str(e))) from None
+    except ValueError as e:
+        raise ValueError(_shell_flags(str(e))) from None
     names = llm.deformed_layers(locked)
     print(f"locked {len(names)} layers at alpha={args.alpha:g}, k={args.k}: {', '.join(names)}")
     check = 2 if args.check is None else args.check
