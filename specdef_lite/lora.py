@@ -30,14 +30,14 @@ from torch import nn
 
 from .deform import SpecDefLinear, _is_linear, deformed_layers
 
-__all__ = ["PLACEMENTS", "lora", "adapter_params", "adapter_size"]
+__all__ = ["PLACEMENTS", "lora", "adapter_params", "adapter_size", "is_adapter", "llm_targets", "describe"]
 
 PLACEMENTS = ("w_tilde", "c", "both", "weight")
 _PARAMS = {"w_tilde": ("W_tilde",), "c": ("C",), "both": ("W_tilde", "C")}
 
 
 def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] | None = None, *,
-         scaling: float = 1.0, seed: int = 0) -> nn.Module:
+         scaling: float = 1.0, seed: int = 0, inplace: bool = False) -> nn.Module:
     """A peft copy of ``model`` with a rank-r adapter M → M + s·B·A (B: out×r, A: r×in) on each target's M.
 
     Args:
@@ -48,6 +48,8 @@ def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] |
             every ``nn.Linear`` (``weight``).
         scaling: s = peft's ``lora_alpha / r`` (1: the update is exactly B·A).
         seed: seeds A (a local ``torch.Generator``); B starts at 0, so the function is unchanged.
+        inplace: adapt ``model`` itself (peft rewraps its target layers and freezes its parameters) instead of a
+            deep copy — for a working copy that is already the attacker's own (``llm.attack``).
 
     Returns:
         A ``peft.PeftModel`` whose only trainable parameters are the adapters (``adapter_params``).
@@ -84,7 +86,7 @@ def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] |
     kw = ({"target_modules": names} if on == "weight" else
           {"target_modules": [], "target_parameters": [f"{n}.{p}" for n in names for p in _PARAMS[on]]})
     config = LoraConfig(r=r, lora_alpha=scaling * r, lora_dropout=0.0, bias="none", **kw)
-    peft_model = get_peft_model(copy.deepcopy(model), config)
+    peft_model = get_peft_model(model if inplace else copy.deepcopy(model), config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -104,3 +106,60 @@ def adapter_params(model: nn.Module) -> list[str]:
 def adapter_size(model: nn.Module) -> int:
     """Σ r·(in + out) over every adapted matrix: the attacker's extra parameters."""
     return sum(p.numel() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n)
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter name belongs to a LoRA adapter (``lora_A`` / ``lora_B``)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+_SYMBOL = {"w_tilde": "W̃", "c": "C", "both": "W̃ and C", "weight": "W"}
+
+
+def describe(r: int, on: str, targets: Sequence[str]) -> str:
+    """'r=8 on C of 3 layers': one LoRA attack in words."""
+    return f"r={r} on {_SYMBOL[on]} of {len(targets)} layer{'s' if len(targets) != 1 else ''}"
+
+
+def llm_targets(model: nn.Module, blocks: Sequence[int], on: str | None = None,
+                targets: str | Sequence[str] | None = None) -> tuple[list[str], str]:
+    """(layers, placement) of a LoRA attack on the decoder ``blocks`` of a language model, checked.
+
+    Default layers: the locked pairs inside ``blocks``; in a model with none there (the undefended or the fused
+    model), the layers a default lock would target there (``llm.target_names``) — the same layers either way.
+    ``on``: ``"w_tilde"``, ``"c"`` or ``"both"`` for locked pairs; None or ``"weight"`` for plain layers (their W).
+    Explicit ``targets`` must lie inside ``blocks``, so that the adapters train in the cached tail.
+    """
+    from .llm_targets import blocks_of, target_names
+    prefix, layers = blocks_of(model)
+    chosen = sorted({b % len(layers) for b in blocks})
+
+    def inside(n: str) -> bool:
+        head, _, rest = n.partition(prefix + ".")
+        index = rest.split(".", 1)[0]
+        return not head and index.isdigit() and int(index) in chosen
+
+    modules = dict(model.named_modules())
+    if targets is None:
+        names = [n for n in deformed_layers(model) if inside(n)] or target_names(model, chosen)
+    else:
+        names = [targets] if isinstance(targets, str) else list(targets)
+        for n in names:
+            if not n or n not in modules:
+                raise ValueError(f"LoRA target {n!r} not found in the model")
+            if not inside(n):
+                raise ValueError(f"LoRA target {n!r} lies outside the trained blocks {list(blocks)}: adapters train "
+                                 f"inside those blocks only")
+    pairs = [n for n in names if isinstance(modules[n], SpecDefLinear)]
+    if pairs and len(pairs) != len(names):
+        plain = next(n for n in names if n not in pairs)
+        raise ValueError(f"the LoRA targets mix locked pairs ({pairs[0]!r}) and plain layers ({plain!r}): choose one "
+                         f"kind, or fuse the model first")
+    if pairs:
+        if on not in ("w_tilde", "c", "both"):
+            raise ValueError(f"{len(pairs)} LoRA targets are locked pairs (e.g. {pairs[0]!r}): choose where the adapter "
+                             f"goes, lora_on = 'w_tilde', 'c' or 'both' (got {on!r}); or fuse the model first")
+    elif on not in (None, "weight"):
+        raise ValueError(f"lora_on={on!r} places adapters on locked pairs, but blocks {list(blocks)} hold none (the "
+                         f"targets, e.g. {names[0]!r}, are plain layers): leave lora_on unset to adapt their W")
+    return names, on or "weight"
