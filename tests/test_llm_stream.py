@@ -8,6 +8,7 @@ subprocess measures itself after its imports and before locking; both numbers ar
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -128,16 +129,71 @@ def test_stream_lock_refuses_bad_input_and_leaves_nothing_behind(tmp_path, gen):
     with pytest.raises(ValueError, match="exceeds the rank bound"):  # fails mid-way: k > 32 on a 32-wide layer
         stream_lock(src, tmp_path / "out", 1e3, 40)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no out, no hidden temporary folder
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "x").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not empty"):
-        stream_lock(src, tmp_path / "full", 1e3, 2)
-    assert (tmp_path / "full" / "x").read_text() == "keep me"
     r = stream_lock(src, tmp_path / "locked", 1e3, 2)
     with pytest.raises(ValueError, match="already locked"):
         stream_lock(r.out, tmp_path / "again", 1e3, 2)
     with pytest.raises(ValueError, match="no 2-D weight"):
         stream_lock(src, tmp_path / "bad", 1e3, 2, targets=["model.layers.0.mlp"])
+    with pytest.raises(ValueError, match="would replace the source folder"):
+        stream_lock(src, tmp_path, 1e3, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "src"]
+
+
+def test_stream_lock_replaces_an_existing_output_whole(tmp_path, gen):
+    src = tiny("llama", tmp_path / "src", gen)
+    out = tmp_path / "out"
+    stream_lock(src, out, 1e3, 2, blocks=[-1], max_shard_size="10KB")
+    (out / "NOTES.md").write_text("keep me")  # not a model file: carried over, as llm.save does
+    r = stream_lock(src, out, 10.0, 1, blocks=[0])  # one file now: the old shards and index must go
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "config.json", "generation_config.json",
+                                                     "model.safetensors", "specdef.json"]
+    model, _ = llm.load(out, tokenizer=False)
+    assert sorted(deformed_layers(model)) == sorted(r.deformed) and all(n.startswith("model.layers.0.") for n in r.deformed)
+    assert {float(model.get_submodule(n).alpha) for n in r.deformed} == {10.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # nothing left beside it
+
+
+def test_stream_lock_applies_the_in_memory_guards_before_writing(tmp_path, gen):
+    src = tiny("llama", tmp_path / "src", gen)
+    bf16 = tmp_path / "bf16"
+    llm.load(src, tokenizer=False)[0].to(torch.bfloat16).save_pretrained(bf16, max_shard_size="20KB")
+    with pytest.raises(ValueError, match=r"alpha=10000 in bfloat16 .* compute_dtype=torch.float32"):
+        stream_lock(bf16, tmp_path / "out", 1e4, 2)  # c·α·ε ≈ 47: the function would be destroyed
+    with pytest.raises(ValueError, match=r"float64, above the 1e-06 GB cap"):  # one C: 32×32 float64 = 8 kB
+        stream_lock(src, tmp_path / "out", 1e3, 2, max_bytes=1000)
+    # stored in float32: per block v (16×16), o and down (32×32 each): 3 × 2304 × 4 B = 27 648 B
+    with pytest.raises(ValueError, match=r"9 compensations C together take 2.76e-05 GB, above the 1e-05 GB cap"):
+        stream_lock(src, tmp_path / "out", 1e3, 2, max_bytes=10_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16", "src"]  # refused before a byte was written
+    r = stream_lock(bf16, tmp_path / "out", 1e4, 2, blocks=[-1], compute_dtype="float32")
+    assert r.error_estimate == pytest.approx(1.8 * 1e4 * torch.finfo(torch.float32).eps)
+    streamed, _ = llm.load(r.out, tokenizer=False)
+    original, _ = llm.load(bf16, tokenizer=False)
+    locked = llm.lock(original, 1e4, 2, blocks=[-1], compute_dtype=torch.float32)
+    a, b = locked.state_dict(), streamed.state_dict()
+    assert [n for n in a if not torch.equal(a[n], b[n])] == []  # pairs in float32, the rest in bfloat16: bit for bit
+    assert streamed.get_submodule(r.deformed[0]).C.dtype == torch.float32
+
+
+@pytest.mark.parametrize("point", ["stream:tensor-written", "save:before-swap"])
+def test_a_killed_streaming_lock_leaves_the_previous_output(tmp_path, gen, point):
+    src = tiny("llama", tmp_path / "src", gen)
+    out = tmp_path / "out"
+    stream_lock(src, out, 1e3, 2, blocks=[-1], max_shard_size="10KB")
+    before, _ = llm.load(out, tokenizer=False)
+    code = f"from specdef_lite.llm.stream import stream_lock; stream_lock({str(src)!r}, {str(out)!r}, 10.0, 1, blocks=[0, 1])"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SPECDEF_LITE_FAULT": point, "SPECDEF_LITE_HEADLESS": "1"})
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]  # killed mid-write (or just before the swap)
+    assert any(q.name.startswith(".out.tmp-") for q in tmp_path.iterdir())  # the half-written lock, beside
+    after, _ = llm.load(out, tokenizer=False)
+    assert deformed_layers(after) == deformed_layers(before) and len(deformed_layers(after)) == 3
+    ids = torch.randint(97, (2, 12), generator=gen)
+    with torch.no_grad():
+        assert torch.equal(after(ids).logits, before(ids).logits)
+    stream_lock(src, out, 10.0, 1, blocks=[0, 1])  # the next lock clears what the killed one left
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["out", "src"]
+    assert len(deformed_layers(llm.load(out, tokenizer=False)[0])) == 6
 
 
 def test_cli_streams_a_sharded_folder(tmp_path, gen, capsys):
@@ -145,9 +201,25 @@ def test_cli_streams_a_sharded_folder(tmp_path, gen, capsys):
     assert cli.main(["lock", str(src), str(tmp_path / "a"), "--alpha", "100", "-k", "2", "--blocks", "-1"]) == 0
     assert "streamed" in capsys.readouterr().out
     assert len(deformed_layers(llm.load(tmp_path / "a", tokenizer=False)[0])) == 3
-    assert cli.main(["lock", str(src), str(tmp_path / "a"), "--alpha", "100", "-k", "2"]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert cli.main(["lock", str(src), str(tmp_path / "a"), "--alpha", "100", "-k", "2"]) == 0  # replaced, as lock does
+    out = capsys.readouterr().out
+    assert "no --check when streaming" in out and "c·α·ε = 2.1e-05" in out
+    assert len(deformed_layers(llm.load(tmp_path / "a", tokenizer=False)[0])) == 9
     assert cli.main(["lock", str(src), str(tmp_path / "b"), "--stream", "--check", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--check loads the original and the locked model" in err[0]
+    bf16 = tmp_path / "bf16"
+    llm.load(src, tokenizer=False)[0].to(torch.bfloat16).save_pretrained(bf16, max_shard_size="20KB")
+    capsys.readouterr()  # transformers' own "Writing model shards" bar is not the CLI's output
+    assert cli.main(["lock", str(bf16), str(tmp_path / "c"), "--alpha", "1e4", "-k", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --compute-dtype float32" in err[0] and "max_error" not in err[0], err
+    assert cli.main(["lock", str(bf16), str(tmp_path / "c"), "--alpha", "1e4", "-k", "2", "--max-gb", "1e-7",
+                     "--compute-dtype", "float32"]) == 2  # precise enough: now the memory cap is what refuses
+    assert "raise --max-gb" in capsys.readouterr().err
+    assert cli.main(["lock", str(bf16), str(tmp_path / "c"), "--alpha", "1e4", "-k", "2", "--compute-dtype", "float32"]) == 0
+    assert cli.main(["lock", str(bf16), str(tmp_path / "d"), "--alpha", "1e4", "-k", "2", "--max-error", "none"]) == 0
+    assert not (tmp_path / "e").exists()
 
 
 def test_load_weights_is_strict_except_for_tied_names(tmp_path, gen):

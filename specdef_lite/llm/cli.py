@@ -26,6 +26,8 @@ examples:
   specdef-lite attack default --lr 1e-5 --steps 30        # the undefended baseline
   specdef-lite attack locked/ --lr 1e-6 1e-5 3e-5 --steps 60 --blocks -3 -2 -1
   specdef-lite attack locked/ --inject --steps 60        # the attacker's layer injection
+  specdef-lite attack locked/ --lora-rank 8 --lora-on c  # LoRA adapters on each pair's C (or w_tilde, both)
+  accelerate launch --multi_gpu --num_processes 8 -m specdef_lite.llm.cli attack locked/   # data parallel
   specdef-lite fuse locked/ fused/                        # W = C·W̃, an ordinary transformers model again
 
 A locked model computes the same function as the original (up to float32 rounding, which grows like
@@ -38,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``specdef-lite lock: error: argument -k: … (see specdef-lite lock --help)``."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if _main_process() else None)
 
 
 def _number(kind: str, *, positive: bool = True, integer: bool = False, allow_zero: bool = False):
@@ -57,7 +59,6 @@ def _number(kind: str, *, positive: bool = True, integer: bool = False, allow_ze
 _POS_FLOAT = _number("positive finite number")
 _POS_INT = _number("positive whole number", integer=True)
 _COUNT = _number("whole number >= 0", integer=True, allow_zero=True)
-_FLOAT = _number("finite number", positive=False)
 _BLOCK = _number("whole number", positive=False, integer=True)
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 
@@ -121,26 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="a locked folder written by 'specdef-lite lock'")
     s.add_argument("out", help="output folder for the fused, ordinary transformers checkpoint")
 
-    s = sub.add_parser("attack", help="fine-tuning attack (AdamW, warm-up, clipping) on a Shakespeare play",
-                       description="Fine-tune the chosen blocks toward one play and report, per learning "
-                                   "rate, the steps until the held-out loss stays below the target.")
-    s.add_argument("model", help="a Hugging Face name, a local folder (plain or locked), or 'default'")
-    s.add_argument("--lr", type=_POS_FLOAT, nargs="+", default=[1e-6, 1e-5, 3e-5],
-                   help="learning rates (default: the paper's 1e-6 1e-5 3e-5)")
-    s.add_argument("--steps", type=_POS_INT, default=60, help="optimizer steps per learning rate (default 60)")
-    s.add_argument("--blocks", type=_BLOCK, nargs="+", default=[-3, -2, -1],
-                   help="blocks to train, negative from the end (default: -3 -2 -1, the last three)")
-    s.add_argument("--inject", action="store_true",
-                   help="layer injection: freeze the pairs, train an identity-initialised D after each")
-    s.add_argument("--play", default="macbeth", help="fine-tuning play (default macbeth)")
-    s.add_argument("--seq-len", type=_POS_INT, default=64, help="tokens per sequence (default 64)")
-    s.add_argument("--batch-size", type=_POS_INT, default=4, help="sequences per step (default 4)")
-    s.add_argument("--heldout", type=_POS_INT, default=4, help="held-out blocks of the play (default 4)")
-    s.add_argument("--target-drop", type=_FLOAT, default=0.01,
-                   help="target = start held-out loss − this many nats (default 0.01)")
-    s.add_argument("--eval-every", type=_POS_INT, default=3, help="held-out evaluation period in steps (default 3)")
-    s.add_argument("--seed", type=_COUNT, default=0)
-    s.add_argument("--json", metavar="FILE", help="also write all curves to this JSON file")
+    from .cli_attack import add_parser
+    add_parser(sub, _number)
     return p
 
 
@@ -201,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             info = _inspect(args)
             print(json.dumps(info, indent=2)) if args.json else _print_inspect(info)
         elif args.command == "lock" and (args.stream or (llm_stream.is_sharded(args.model) and args.check is None)):
-            llm_stream.lock_command(args)
+            try:
+                llm_stream.lock_command(args)
+            except ValueError as e:
+                raise ValueError(_shell_flags(str(e))) from None
         elif args.command == "lock":
             _lock(args)
         elif args.command == "fuse":
@@ -212,21 +198,33 @@ def main(argv: list[str] | None = None) -> int:
                      base_model=(llm.read_metadata(args.model) or {}).get("base_model"))
             print(f"fused {len(llm.deformed_layers(model))} pairs; wrote {args.out}")
         elif args.command == "attack":
-            _attack(args)
+            from .cli_attack import run
+            run(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
         text = " ".join(str(e).split()) or type(e).__name__  # one line, also for transformers' multi-line messages
-        print(f"specdef-lite {args.command}: error: {text[:400]}", file=sys.stderr)
+        if _main_process():  # under accelerate launch every process gets the same inputs: one line, not n
+            print(f"specdef-lite {args.command}: error: {text[:400]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"specdef-lite {args.command}: interrupted; nothing was written (outputs are replaced whole or "
               f"not at all)", file=sys.stderr)
         return 130
-    print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    if _main_process():
+        print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")  # as llm.parallel.is_main_process, without importing torch
 
 
 _FLAGS = {"compute_dtype=torch.": "--compute-dtype ", "max_error=None": "--max-error none", "max_error=": "--max-error ",
           "raise max_bytes": "raise --max-gb"}  # the library's keywords → the shell's flags
+
+
+def _shell_flags(text: str) -> str:
+    """The library names its keywords; the shell user needs the flags."""
+    return re.sub(r"compute_dtype=torch\.|max_error=None|max_error=|raise max_bytes", lambda m: _FLAGS[m[0]], text)
 
 
 def _lock(args) -> None:
@@ -241,9 +239,8 @@ def _lock(args) -> None:
         locked = llm.lock(model, args.alpha, args.k, args.targets, blocks=args.blocks, kinds=args.kinds,
                           method=args.method, compute_dtype=cd, max_error=args.max_error,
                           max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9))
-    except ValueError as e:  # the library names its keywords; the shell user needs the flags
-        raise ValueError(re.sub(r"compute_dtype=torch\.|max_error=None|max_error=|raise max_bytes", lambda m: _FLAGS[m[0]],
-                                str(e))) from None
+    except ValueError as e:
+        raise ValueError(_shell_flags(str(e))) from None
     names = llm.deformed_layers(locked)
     print(f"locked {len(names)} layers at alpha={args.alpha:g}, k={args.k}: {', '.join(names)}")
     check = 2 if args.check is None else args.check
@@ -258,48 +255,6 @@ def _lock(args) -> None:
                              f"--alpha or pass --compute-dtype float32")
     llm.save(locked, args.out, tok, base_model=str(args.model), max_error=args.max_error)
     print(f"wrote {args.out}")
-
-
-def _attack(args) -> None:
-    from .. import llm
-    from ..lock.attacks import inject
-    if args.json and (Path(args.json).is_dir() or not Path(args.json).name):
-        raise ValueError(f"--json {args.json}: a folder, not a file to write the curves to")
-    model, tok = llm.load(args.model, device=args.device)
-    if tok is None:
-        raise ValueError(f"{args.model} has no tokenizer (no tokenizer.json / tokenizer_config.json in the folder); "
-                         f"the attack needs one to read the play: save the model with its tokenizer "
-                         f"(llm.save(model, folder, tokenizer)) or copy the tokenizer files into the folder")
-    prefix, blocks = llm.blocks_of(model)
-    for b in args.blocks:
-        if not -len(blocks) <= b < len(blocks):
-            raise ValueError(f"--blocks {b} is out of range: the model has {len(blocks)} blocks "
-                             f"({prefix}[0..{len(blocks) - 1}], or -1 … -{len(blocks)} from the end)")
-    vocab = model.get_input_embeddings().num_embeddings
-    if len(tok) > vocab:
-        raise ValueError(f"{args.model}: its tokenizer has {len(tok):,} tokens but the model's embedding only "
-                         f"{vocab:,}: they do not belong together")
-    if args.inject:
-        model = inject(model)
-    task = llm.shakespeare_task(tok, args.play, seq_len=args.seq_len, heldout=args.heldout, utility=1,
-                                seed=args.seed)
-    print(task)
-    results, target = {}, None
-    for lr in args.lr:
-        r = llm.attack(model, task, lr=lr, steps=args.steps, batch_size=args.batch_size, blocks=args.blocks,
-                       eval_every=args.eval_every, seed=args.seed, label="injected" if args.inject else "model")
-        target = r.start_loss - args.target_drop if target is None else target
-        results[lr] = r
-        s = r.steps_to(target)
-        print(f"lr {lr:g}: start {r.start_loss:.4f}  final {r.final_loss:.4f}  "
-              f"steps to {target:.4f}: {'—' if s is None else s}"
-              + (f"  DIVERGED at step {r.diverged_at}" if r.diverged else "") + f"  ({r.seconds:.1f} s)")
-    if args.json:
-        from dataclasses import asdict
-
-        from ..common.checkpoint import atomic_file, strict_json
-        data = strict_json({"target": target, "runs": [asdict(r) for r in results.values()]})  # NaN → null
-        atomic_file(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":

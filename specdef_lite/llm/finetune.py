@@ -17,106 +17,57 @@ is cached per batch (``llm_prefix.FrozenPrefix``) and shared by every run and ev
 prefix — training and held-out evaluation run only the trained blocks and the head. Only the trained
 parameters are copied (``llm_prefix.working_copy``). ``cache=False`` runs the full forward instead; the
 two give the same losses to float32 rounding (tests/test_llm_attack.py).
+
+LoRA (``lora_rank=r``): instead of the blocks' parameters, rank-r adapters B·A train on the target layers of those
+blocks — on W̃, on C or on both of each locked pair (``lora_on``), on W of a plain layer (the undefended or fused
+model); see ``specdef_lite.lock.lora`` for what each placement sees. The adapters sit in the trained tail, so the
+cached prefix still applies. Under ``accelerate launch`` with several processes the same call runs data-parallel
+(``llm.parallel``); a single process never touches that path.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..experiments.best_response import BestResponse, Outcome, search
 from ..common.display import progress_disabled
-from .data import TextTask, batches, evaluate, lm_loss
+from ..experiments.best_response import BestResponse, Outcome, search
+from ..lock.lora import describe, is_adapter, lora
+from .data import Eval, TextTask, batches, evaluate, lm_loss
+from .parallel import Parallel, TailModule, fsdp_requested, world_size
 from .prefix import FrozenPrefix, first_block, working_copy
-from ..optim.training import Trace
+from .targets import lora_layers
+from .result import AttackResult
 
 __all__ = ["AttackResult", "attack_params", "attack", "attack_grid", "best_response", "prefix_for", "table1",
            "to_markdown"]
-
-
-@dataclass
-class AttackResult:
-    """One fine-tuning run. ``losses[t]``: training loss of step t (before its update); ``eval_losses[i]``,
-    ``eval_accuracies[i]``, ``eval_top5[i]``: held-out loss / top-1 / top-5 next-token accuracy after
-    ``eval_steps[i]`` updates. ``step_seconds`` / ``eval_seconds``: wall time of each step / evaluation;
-    ``cached``: whether the frozen prefix was cached."""
-    label: str
-    lr: float
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    eval_losses: list[float] = field(default_factory=list)
-    eval_accuracies: list[float] = field(default_factory=list)
-    eval_top5: list[float] = field(default_factory=list)
-    diverged_at: int | None = None
-    seconds: float = 0.0
-    trainable: int = 0
-    step_seconds: list[float] = field(default_factory=list)
-    eval_seconds: list[float] = field(default_factory=list)
-    cached: bool = False
-
-    @property
-    def start_loss(self) -> float:
-        return self.eval_losses[0]
-
-    @property
-    def final_loss(self) -> float:
-        return self.eval_losses[-1]
-
-    @property
-    def final_accuracy(self) -> float:
-        return self.eval_accuracies[-1]
-
-    @property
-    def diverged(self) -> bool:
-        return self.diverged_at is not None
-
-    def steps_to(self, target: float) -> int | None:
-        """First evaluated step from which the held-out loss stays ≤ ``target``; None if never or diverged.
-
-        The robust definition of ``train.Trace.steps_to``, applied to the held-out curve.
-        """
-        if self.diverged:
-            return None
-        i = self.heldout_trace.steps_to(target)
-        return None if i is None else self.eval_steps[i]
-
-    @property
-    def heldout_trace(self) -> Trace:
-        """The held-out losses as a ``train.Trace`` (entry i taken after ``eval_steps[i]`` updates)."""
-        return Trace(np.asarray(self.eval_losses), None if self.diverged_at is None else len(self.eval_losses) - 1,
-                     self.label)
-
-    @property
-    def trace(self) -> Trace:
-        """The training losses, one per step, as a ``train.Trace``."""
-        return Trace(np.asarray(self.losses), self.diverged_at, self.label)
 
 
 def attack_params(model: nn.Module, blocks: Sequence[int] = (-1,), *, injected_only: bool = False) -> list[str]:
     """Names of the parameters the attacker trains: every parameter of the chosen decoder blocks.
 
     In an injected model (``attacks.inject``) the released pairs it wrapped (``*.inner.*``) stay frozen
-    and their injected ``D`` is trained instead; ``injected_only=True`` trains the ``D``s alone.
+    and their injected ``D`` is trained instead; ``injected_only=True`` trains the ``D``s alone. In a model that
+    carries LoRA adapters (a peft model, ``lora.lora``) only the adapters of those blocks train: its base weights
+    stay frozen, as peft left them.
     """
     from .targets import blocks_of
     prefix, layers = blocks_of(model)
     chosen = {f"{prefix}.{b % len(layers)}." for b in blocks}
+    adapters = any(is_adapter(n) for n, _ in model.named_parameters())
     names = []
     for n, _ in model.named_parameters():
         if injected_only:
             keep = n.endswith(".D")
         else:
-            keep = any(n.startswith(c) for c in chosen) and ".inner." not in n
+            keep = any(n.startswith(c) for c in chosen) and ".inner." not in n and (is_adapter(n) or not adapters)
         if keep:
             names.append(n)
     if not names:
-        raise ValueError(f"no parameter to train in blocks {list(blocks)}"
+        raise ValueError(f"no {'LoRA adapter' if adapters else 'parameter'} to train in blocks {list(blocks)}"
                          + (" (no injected D: call attacks.inject first)" if injected_only else ""))
     return names
 
@@ -126,7 +77,7 @@ def prefix_for(model: nn.Module, task: TextTask, *, blocks: Sequence[int] = (-1,
     """The frozen-prefix cache an attack on ``model`` can use: one from ``share`` that serves it, else a new
     checked one (``FrozenPrefix.build`` on the attack's first batch); None if the model cannot be cached."""
     f = first_block(model, attack_params(model, blocks, injected_only=injected_only))
-    if f is None:
+    if f is None or (world_size() > 1 and fsdp_requested()):  # FSDP shards the lower blocks too (llm.parallel)
         return None
     for p in share:
         if p.first == f and p.serves(model):
@@ -138,13 +89,15 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
            blocks: Sequence[int] = (-1,), injected_only: bool = False, warmup: int | None = None,
            clip: float = 1.0, weight_decay: float = 0.0, eval_every: int = 5, diverge_ratio: float = 2.0,
            stop_on_divergence: bool = True, seed: int = 0, label: str = "",
-           cache: bool | FrozenPrefix | None = True, progress: bool | None = None) -> AttackResult:
+           cache: bool | FrozenPrefix | None = True, progress: bool | None = None, lora_rank: int | None = None,
+           lora_on: str | None = None, lora_targets: Sequence[str] | None = None) -> AttackResult:
     """Fine-tune a copy of ``model`` on ``task.train`` and track the held-out loss of ``task.heldout``.
 
     Args:
         model: not modified (its trained parameters are copied; the copy runs in eval mode: no dropout).
         lr: peak learning rate η (the paper's grid: 1e-6, 1e-5, 3e-5).
         steps: number of updates.
+        batch_size: sequences per step (the global batch: several processes split it, ``llm.parallel``).
         blocks, injected_only: which parameters train (see ``attack_params``).
         warmup: linear warm-up steps (default ``max(1, steps // 10)``).
         clip: global gradient-norm clip c (None: no clipping).
@@ -153,6 +106,9 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
             start counts as divergence; the run stops there if ``stop_on_divergence``.
         cache: True: cache the frozen prefix (``prefix_for``); a ``FrozenPrefix`` to reuse (it must serve
             ``model``); False/None: run the full model at every step.
+        lora_rank: train rank-r LoRA adapters (seeded by ``seed``) instead of the blocks' parameters.
+        lora_on: where: ``"w_tilde"``, ``"c"`` or ``"both"`` of each locked pair; unset for plain layers (W).
+        lora_targets: the adapted layers, inside ``blocks`` (default: ``targets.lora_layers``).
     Returns:
         An ``AttackResult`` (losses per step, held-out curve, ``diverged_at``, ``steps_to(target)``).
     """
@@ -160,26 +116,54 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
         raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
     t0 = time.perf_counter()
     names = attack_params(model, blocks, injected_only=injected_only)
+    adapter = None
+    if lora_rank is not None:
+        if injected_only or any(type(m).__name__ == "InjectedLinear" for m in model.modules()):
+            raise ValueError("LoRA and layer injection are two attacks: attack the released (or fused) model with "
+                             "lora_rank, or the injected model without it")
+        if any(is_adapter(n) for n in names):
+            raise ValueError("the model already carries LoRA adapters: attack it without lora_rank to train them")
+        adapter = lora_layers(model, blocks, lora_on, lora_targets)
+    elif lora_on is not None or lora_targets is not None:
+        raise ValueError("lora_on and lora_targets place LoRA adapters: they need lora_rank")
+    par = Parallel(next(model.parameters()).device) if world_size() > 1 else None
+    if par is not None:
+        par.check_batch(batch_size)
     if cache is True:
         cache = prefix_for(model, task, blocks=blocks, injected_only=injected_only, batch_size=batch_size, seed=seed)
     elif isinstance(cache, FrozenPrefix):
         f = first_block(model, names)
         if f is None or cache.first > f or not cache.serves(model):
             raise ValueError("the given FrozenPrefix does not serve this model and these blocks")
-    prefix: FrozenPrefix | None = cache or None
-    work = working_copy(model, names, runs=None if prefix is None else prefix.runs(model))
-    chosen = set(names)
-    params = [p for n, p in work.named_parameters() if n in chosen]
+    prefix: FrozenPrefix | None = None if par is not None and par.fsdp else (cache or None)
+    if adapter is None:
+        work = working_copy(model, names, runs=None if prefix is None else prefix.runs(model))
+        chosen = set(names)
+        params = [p for n, p in work.named_parameters() if n in chosen]
+    else:  # peft freezes every parameter of what it adapts: a full working copy (storage shared), never the caller's
+        adapted = lora(working_copy(model, ()), lora_rank, adapter[1], adapter[0], seed=seed, inplace=True)
+        work = adapted.get_base_model()
+        params = [p for p in adapted.parameters() if p.requires_grad]
     warmup = max(1, steps // 10) if warmup is None else max(1, warmup)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if par is None:
+        dev = params[0].device
+        forward = (lambda x: work(x).logits) if prefix is None else (lambda x: prefix.logits(work, x))
+    else:
+        dev = par.device
+        wrapped, opt = par.prepare(work if prefix is None else TailModule(work, prefix), opt)
+        forward = (lambda x: wrapped(x).logits) if prefix is None else (lambda x: wrapped(*prefix.inputs(x)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup))
-    res = AttackResult(label, lr, steps, trainable=sum(p.numel() for p in params), cached=prefix is not None)
-    dev = params[0].device
-    forward = (lambda x: work(x).logits) if prefix is None else (lambda x: prefix.logits(work, x))
+    res = AttackResult(label, lr, steps, trainable=sum(p.numel() for p in params), cached=prefix is not None,
+                       adapter="" if adapter is None else describe(lora_rank, adapter[1], adapter[0]),
+                       processes=1 if par is None else par.n)
 
     def record_eval(step: int) -> bool:
         te = time.perf_counter()
         ev = evaluate(work, task.heldout, forward=forward)
+        if par is not None:  # process 0's numbers everywhere: every process takes the same decisions
+            loss, accuracy, top5 = par.broadcast([ev.loss, ev.accuracy, ev.top5])
+            ev = Eval(loss, math.exp(min(loss, 700.0)), accuracy, ev.tokens, top5)
         res.eval_seconds.append(time.perf_counter() - te)
         res.eval_steps.append(step)
         res.eval_losses.append(ev.loss)
@@ -187,35 +171,45 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
         res.eval_top5.append(ev.top5)
         return _blew_up(ev.loss, res.eval_losses[0], diverge_ratio)
 
-    record_eval(0)
-    data = batches(task.train, batch_size, seed=seed)
-    from tqdm.auto import tqdm
-    bar = tqdm(range(steps), desc=f"{label or 'attack'} lr={lr:g}", leave=False, disable=progress_disabled(progress))
-    for t in bar:
-        ts = time.perf_counter()
-        x = next(data).to(dev)
-        loss = lm_loss(forward(x), x)
-        res.losses.append(float(loss.detach()))
-        if _blew_up(res.losses[-1], res.losses[0], diverge_ratio) and res.diverged_at is None:
-            res.diverged_at = t
-            if stop_on_divergence:
-                if res.eval_steps[-1] != t:
-                    record_eval(t)  # the held-out loss where it blew up, for the table
-                break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        sched.step()
-        res.step_seconds.append(time.perf_counter() - ts)
-        bar.set_postfix(loss=f"{res.losses[-1]:.3f}")
-        if (t + 1) % eval_every == 0 or t + 1 == steps:
-            if record_eval(t + 1) and res.diverged_at is None:
-                res.diverged_at = t + 1
+    try:
+        record_eval(0)
+        data = batches(task.train, batch_size, seed=seed)
+        from tqdm.auto import tqdm
+        bar = tqdm(range(steps), desc=f"{label or 'attack'} lr={lr:g}", leave=False,
+                   disable=progress_disabled(progress) or (par is not None and not par.is_main))
+        for t in bar:
+            ts = time.perf_counter()
+            x = next(data).to(dev) if par is None else par.slice(next(data))
+            loss = lm_loss(forward(x), x)
+            res.losses.append(float(loss.detach()) if par is None else par.mean(loss))
+            if _blew_up(res.losses[-1], res.losses[0], diverge_ratio) and res.diverged_at is None:
+                res.diverged_at = t
                 if stop_on_divergence:
+                    if res.eval_steps[-1] != t:
+                        record_eval(t)  # the held-out loss where it blew up, for the table
                     break
-    bar.close()
+            opt.zero_grad(set_to_none=True)
+            if par is None:
+                loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+            else:
+                par.backward(loss)
+                if clip is not None:
+                    par.clip(wrapped, clip)
+            opt.step()
+            sched.step()
+            res.step_seconds.append(time.perf_counter() - ts)
+            bar.set_postfix(loss=f"{res.losses[-1]:.3f}")
+            if (t + 1) % eval_every == 0 or t + 1 == steps:
+                if record_eval(t + 1) and res.diverged_at is None:
+                    res.diverged_at = t + 1
+                    if stop_on_divergence:
+                        break
+        bar.close()
+    finally:
+        if par is not None:
+            par.release()
     res.seconds = time.perf_counter() - t0
     return res
 

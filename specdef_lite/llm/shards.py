@@ -3,21 +3,25 @@
 A sharded folder has ``model.safetensors.index.json`` mapping each tensor name to its shard file
 (``{"metadata": {"total_size": …}, "weight_map": {name: file}}``); a single-file one has
 ``model.safetensors``. A safetensors file is an 8-byte little-endian header length, a JSON header
-``{name: {dtype, shape, data_offsets}}`` and the tensors' bytes, so the header alone tells every shape.
+``{name: {dtype, shape, data_offsets}}`` and the tensors' bytes, so the header alone tells every shape — and the
+tensor names alone tell which layers a lock targets (``resolve_targets``, for ``llm_stream``, without transformers).
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["INDEX_FILE", "SINGLE_FILE", "checkpoint_files", "is_sharded", "read_header", "read_weights", "load_weights"]
+__all__ = ["INDEX_FILE", "SINGLE_FILE", "checkpoint_files", "is_sharded", "read_header", "read_weights", "load_weights",
+           "resolve_targets"]
 
 INDEX_FILE, SINGLE_FILE = "model.safetensors.index.json", "model.safetensors"
+_EMBEDDING_WORDS = ("embed", "wte", "wpe")
 
 
 def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
@@ -37,10 +41,12 @@ def is_sharded(folder: str | os.PathLike) -> bool:
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """(header without ``__metadata__``, offset of the byte buffer) of one safetensors file."""
+    """(header without ``__metadata__``, offset of the byte buffer) of one safetensors file, after checking that the
+    file holds every byte its header promises (``checkpoint.safetensors_header``: a truncated shard is named)."""
+    from ..common.checkpoint import safetensors_header
+    header = dict(safetensors_header(path))
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
     header.pop("__metadata__", None)
     return header, 8 + n
 
@@ -64,3 +70,49 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing = [n for n in missing if not (names_of.get(n, {n}) - {n}) & state.keys()]
     if missing or unexpected:
         raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# ----------------------------------------------------------------------------- targets
+
+def _skeleton(shapes: dict[str, list[int]]) -> nn.Module:
+    """A meta-device module tree with an ``nn.Linear`` at every 2-D ``*.weight`` that is no embedding and
+    an ``nn.ModuleList`` wherever the children are numbered — enough for ``llm.target_names`` and
+    ``llm.match_targets``, which look only at names, types and the longest ``nn.ModuleList``."""
+    tree: dict = {}
+    for key, shape in shapes.items():
+        name, _, leaf = key.rpartition(".")
+        if leaf != "weight" or len(shape) != 2 or not name or any(w in name.rsplit(".", 1)[-1] for w in _EMBEDDING_WORDS):
+            continue
+        node = tree
+        for p in name.split("."):
+            node = node.setdefault(p, {})
+        node[None] = True  # a linear layer sits here
+
+    def build(node: dict) -> nn.Module:
+        if None in node:
+            return nn.Linear(1, 1, bias=False, device="meta")
+        if node and all(p.isdigit() for p in node):
+            children = [build(node[p]) if p in node else nn.Module() for p in map(str, range(1 + max(map(int, node))))]
+            return nn.ModuleList(children)
+        m = nn.Module()
+        for p, child in node.items():
+            m.add_module(p, build(child))
+        return m
+
+    return build(tree)
+
+
+def resolve_targets(shapes: dict[str, list[int]], targets: str | Sequence[str] | None,
+                    blocks: Sequence[int], kinds: Sequence[str] | None) -> list[str]:
+    """Module names to lock, chosen exactly as ``llm.lock`` chooses them, from tensor names alone."""
+    from .targets import match_targets, target_names
+    skeleton = _skeleton(shapes)
+    if targets is None:
+        return target_names(skeleton, blocks, kinds)
+    if isinstance(targets, str):
+        return match_targets(skeleton, targets)
+    names = list(targets)
+    for n in names:
+        if len(shapes.get(f"{n}.weight", [])) != 2:
+            raise ValueError(f"target {n!r} has no 2-D weight {n}.weight in the checkpoint")
+    return names

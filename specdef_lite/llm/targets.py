@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..lock.deform import SpecDefLinear
+from ..lock.deform import SpecDefLinear, deformed_layers
 from ..lock.guards import real_number
 from ..lock.targets import is_linear
 
-__all__ = ["blocks_of", "default_kinds", "target_names", "match_targets"]
+__all__ = ["blocks_of", "default_kinds", "target_names", "match_targets", "lora_layers"]
 
 
 def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -74,3 +74,46 @@ def match_targets(model: nn.Module, pattern: str) -> list[str]:
     if not names:
         raise ValueError(f"pattern {pattern!r} matches no linear layer")
     return names
+
+
+def lora_layers(model: nn.Module, blocks: Sequence[int], on: str | None = None,
+                targets: str | Sequence[str] | None = None) -> tuple[list[str], str]:
+    """(layers, placement) of a LoRA attack on the decoder ``blocks`` of a language model, checked.
+
+    Default layers: the locked pairs inside ``blocks``; in a model with none there (the undefended or the fused
+    model), the layers a default lock would target there (``llm.target_names``) — the same layers either way.
+    ``on``: ``"w_tilde"``, ``"c"`` or ``"both"`` for locked pairs; None or ``"weight"`` for plain layers (their W).
+    Explicit ``targets`` must lie inside ``blocks``, so that the adapters train in the cached tail.
+    """
+    prefix, layers = blocks_of(model)
+    chosen = sorted({b % len(layers) for b in blocks})
+
+    def inside(n: str) -> bool:
+        head, _, rest = n.partition(prefix + ".")
+        index = rest.split(".", 1)[0]
+        return not head and index.isdigit() and int(index) in chosen
+
+    modules = dict(model.named_modules())
+    if targets is None:
+        names = [n for n in deformed_layers(model) if inside(n)] or target_names(model, chosen)
+    else:
+        names = [targets] if isinstance(targets, str) else list(targets)
+        for n in names:
+            if not n or n not in modules:
+                raise ValueError(f"LoRA target {n!r} not found in the model")
+            if not inside(n):
+                raise ValueError(f"LoRA target {n!r} lies outside the trained blocks {list(blocks)}: adapters train "
+                                 f"inside those blocks only")
+    pairs = [n for n in names if isinstance(modules[n], SpecDefLinear)]
+    if pairs and len(pairs) != len(names):
+        plain = next(n for n in names if n not in pairs)
+        raise ValueError(f"the LoRA targets mix locked pairs ({pairs[0]!r}) and plain layers ({plain!r}): choose one "
+                         f"kind, or fuse the model first")
+    if pairs:
+        if on not in ("w_tilde", "c", "both"):
+            raise ValueError(f"{len(pairs)} LoRA targets are locked pairs (e.g. {pairs[0]!r}): choose where the adapter "
+                             f"goes, lora_on = 'w_tilde', 'c' or 'both' (got {on!r}); or fuse the model first")
+    elif on not in (None, "weight"):
+        raise ValueError(f"lora_on={on!r} places adapters on locked pairs, but blocks {list(blocks)} hold none (the "
+                         f"targets, e.g. {names[0]!r}, are plain layers): leave lora_on unset to adapt their W")
+    return names, on or "weight"

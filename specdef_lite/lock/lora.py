@@ -31,14 +31,14 @@ from torch import nn
 from .deform import SpecDefLinear, deformed_layers
 from .targets import is_linear
 
-__all__ = ["PLACEMENTS", "lora", "adapter_params", "adapter_size"]
+__all__ = ["PLACEMENTS", "lora", "adapter_params", "adapter_size", "is_adapter", "describe"]
 
 PLACEMENTS = ("w_tilde", "c", "both", "weight")
 _PARAMS = {"w_tilde": ("W_tilde",), "c": ("C",), "both": ("W_tilde", "C")}
 
 
 def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] | None = None, *,
-         scaling: float = 1.0, seed: int = 0) -> nn.Module:
+         scaling: float = 1.0, seed: int = 0, inplace: bool = False) -> nn.Module:
     """A peft copy of ``model`` with a rank-r adapter M → M + s·B·A (B: out×r, A: r×in) on each target's M.
 
     Args:
@@ -49,6 +49,8 @@ def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] |
             every ``nn.Linear`` (``weight``).
         scaling: s = peft's ``lora_alpha / r`` (1: the update is exactly B·A).
         seed: seeds A (a local ``torch.Generator``); B starts at 0, so the function is unchanged.
+        inplace: adapt ``model`` itself (peft rewraps its target layers and freezes its parameters) instead of a
+            deep copy — for a working copy that is already the attacker's own (``llm.attack``).
 
     Returns:
         A ``peft.PeftModel`` whose only trainable parameters are the adapters (``adapter_params``).
@@ -85,7 +87,7 @@ def lora(model: nn.Module, r: int, on: str = "c", targets: str | Sequence[str] |
     kw = ({"target_modules": names} if on == "weight" else
           {"target_modules": [], "target_parameters": [f"{n}.{p}" for n in names for p in _PARAMS[on]]})
     config = LoraConfig(r=r, lora_alpha=scaling * r, lora_dropout=0.0, bias="none", **kw)
-    peft_model = get_peft_model(copy.deepcopy(model), config)
+    peft_model = get_peft_model(model if inplace else copy.deepcopy(model), config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -105,3 +107,16 @@ def adapter_params(model: nn.Module) -> list[str]:
 def adapter_size(model: nn.Module) -> int:
     """Σ r·(in + out) over every adapted matrix: the attacker's extra parameters."""
     return sum(p.numel() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n)
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter name belongs to a LoRA adapter (``lora_A`` / ``lora_B``)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+_SYMBOL = {"w_tilde": "W̃", "c": "C", "both": "W̃ and C", "weight": "W"}
+
+
+def describe(r: int, on: str, targets: Sequence[str]) -> str:
+    """'r=8 on C of 3 layers': one LoRA attack in words."""
+    return f"r={r} on {_SYMBOL[on]} of {len(targets)} layer{'s' if len(targets) != 1 else ''}"
