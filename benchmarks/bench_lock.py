@@ -27,6 +27,7 @@ Run:  .venv/bin/python benchmarks/bench_lock.py
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -42,6 +43,7 @@ from _common import load, log, machine, summary
 
 COMMAND = ".venv/bin/python benchmarks/bench_lock.py"
 ALPHA, K, REPEATS, REPEATS_FWD = 1e4, 1, 3, 7
+NITERS = (4, 6, 8, 12, 16, 24, 32)  # svd_lowrank's niter, tried in order for the floor at equal promise
 B, T = 1, 256
 VOCAB, CTX, D, N_LAYER, N_HEAD = 50257, 1024, 768, 12, 12
 
@@ -118,6 +120,24 @@ def main() -> None:
         locks.append(t)
         log(f"floor (svd_lowrank, float64, 48 matrices) {floors[-1]:.2f} s, lock (specdef lowrank) {locks[-1]:.2f} s")
     t_floor, t_lock = min(floors), min(locks)
+    # The floor at equal promise: the least niter for which svd_lowrank's top vector keeps every matrix's
+    # σ₁(W̃)/(ασ₁(W)) ≥ 0.999 (≈ ‖u₁ᵀW‖/σ₁(W) up to O(1/α)), timed the same way.
+    sigma1 = [float(torch.linalg.svdvals(W)[0]) for W in mats64]
+    niter_ok, t_floor_ok, floor_worst = None, math.nan, {}
+    for niter in NITERS:
+        torch.manual_seed(3)
+        t, usv = best(lambda: [torch.svd_lowrank(W, q=K + 10, niter=niter) for W in mats64], 1)
+        floor_worst[niter] = min(float((U[:, 0] @ W).norm()) / s for (U, _, _), W, s in zip(usv, mats64, sigma1))
+        log(f"svd_lowrank niter={niter}: {t:.2f} s, worst ‖u₁ᵀW‖/σ₁ {floor_worst[niter]:.5f}")
+        if floor_worst[niter] >= 0.999:
+            niter_ok, t_floor_ok = niter, min(t, best(lambda: [torch.svd_lowrank(W, q=K + 10, niter=niter)
+                                                                for W in mats64], REPEATS - 1)[0])
+            break
+    if niter_ok is None:  # none reached the promise: the floor at equal promise costs more than the last one tried
+        t_floor_ok = t
+    r_ok = t_lock / t_floor_ok
+    ok_text = (f"{r_ok:.2f}× (niter = {niter_ok})" if niter_ok is not None else
+               f"< {r_ok:.2f}× (no niter ≤ {NITERS[-1]} keeps it: worst {floor_worst[NITERS[-1]]:.4f})")
     t_krylov, _ = best(lambda: [top_k_krylov(W, K) for W in mats], REPEATS)
     t_cast, _ = best(lambda: [W.to(torch.float64) for W in mats], REPEATS)
     t0 = time.perf_counter()
@@ -172,12 +192,14 @@ locked alternated, batch {B}×{T} tokens, float32, `torch.inference_mode()`.
 Command: `{COMMAND}` ({time.perf_counter() - t_start:.0f} s this run).
 Machine: {machine(threads)}; load average {load0} at the start, {load()} at the end.
 {summary("lock time / float64 partial-SVD floor (GPT-2 small, 124M)", f"{r_lock:.2f}× ({beyond:.2f} s beyond its own partial SVD)", "≤ 1.5×", r_lock <= 1.5, COMMAND)}
+{summary("lock time / the least svd_lowrank that keeps σ₁(W̃) ≥ 0.999·α σ₁(W) on all 48", ok_text, "≤ 1.5×", r_ok <= 1.5, COMMAND)}
 {summary("σ₁(W̃)/(α σ₁(W)), worst of the 48 locked matrices (lowrank)", f"{worst:.5f}", "≥ 0.999", worst >= 0.999, COMMAND)}
 {summary("locked / original forward time (GPT-2 small, float32)", f"{r_fwd:.2f}×", "≤ 1.3×", r_fwd <= 1.3, COMMAND)}
 
 | what | time | ratio |
 |---|---|---|
 | floor: `torch.svd_lowrank(W64, q={K + 10}, niter=4)` on each of the {len(mats)} matrices alone | {t_floor:.2f} s | 1 |
+| floor at equal promise: `svd_lowrank(W64, q={K + 10}, niter=…)`, the least niter in {NITERS} with every matrix ≥ 0.999 ({f"niter = {niter_ok}" if niter_ok else f"none: the time at niter = {NITERS[-1]} is a lower bound"}; worst ‖u₁ᵀW‖/σ₁ per niter: {", ".join(f"{n}: {w:.4f}" for n, w in floor_worst.items())}) | {"" if niter_ok else "> "}{t_floor_ok:.2f} s | {t_floor_ok / t_floor:.2f}× |
 | `specdef(..., method="lowrank")`: copy, partial SVD, W̃ and C of all {len(mats)} | {t_lock:.2f} s | **{r_lock:.2f}×** |
 | ↳ its partial SVD alone: `lowrank.top_k_krylov` on the {len(mats)} float32 weights | {t_krylov:.2f} s | {t_krylov / t_floor:.2f}× |
 | ↳ beyond the partial SVD: model copy, W̃ = W + (α−1)U_k(U_kᵀW) and C = I − (1−1/α)U_kU_kᵀ, stored | {beyond:.2f} s | {beyond / t_floor:.2f}× |
@@ -197,6 +219,9 @@ block 0's four matrices before the top singular value stopped rising; a weight w
 three. C·W̃ = W stays exact either way.
 
 Reading:
+- **Lock: {ok_text} the partial SVD that keeps the promise.** Random Gaussian weights have no spectral gap, and
+  subspace iteration keeps only its last block: {f"svd_lowrank needed niter = {niter_ok}, not 4," if niter_ok else f"svd_lowrank did not reach 0.999 on every matrix with niter up to {NITERS[-1]} ({t_floor_ok:.2f} s)"}
+  where block Krylov, keeping every block, gets there in {t_krylov:.2f} s. Against niter = 4, which misses the promise:
 - **Lock: {r_lock:.2f}× the floor** ({'within' if r_lock <= 1.5 else 'over'} the 1.5× target), of which {beyond:.2f} s beyond
   its own partial SVD (it was ~3 s on both CPUs of TOOLCHAIN.md): the target weights are no longer deep-copied
   before being replaced, W̃ and C are computed in float64 a block of 64 rows at a time and written once in

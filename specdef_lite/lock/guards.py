@@ -190,7 +190,8 @@ def check_overflow(name: str, W_tilde: torch.Tensor, C: torch.Tensor, dtype: tor
     """Refuse when W̃ or C would round to ±inf in the dtype it is stored in."""
     big = torch.finfo(dtype).max
     for what, T in (("W̃", W_tilde), ("C", C)):
-        top = float(T.abs().max()) if T.numel() else 0.0
+        # one pass, no |T| temporary (|T| of every C cost as much as building it); NaN propagates to ``top``
+        top = max(-float((mm := torch.aminmax(T)).min), float(mm.max)) if T.numel() else 0.0
         if not top < big:
             raise ValueError(f"layer {name!r}: {what} reaches {top:.3g} at alpha={alpha:g}, beyond the largest "
                              f"{str(dtype).removeprefix('torch.')} number ({big:.3g}): pass compute_dtype=torch.float32 "
