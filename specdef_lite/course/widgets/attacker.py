@@ -12,10 +12,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ...common.display import gaps
 from ...experiments.attack import AttackTable
+from ...experiments.grid import snap
 from ...experiments.tuning import LABELS
-from ._base import Explorer, alpha_slider, log_ticks, snap
-from .race import _finite
+from ._base import Explorer, log_ticks
+from .controls import alpha_slider
 
 __all__ = ["AttackerExplorer", "CURVES"]
 
@@ -53,7 +55,7 @@ class AttackerExplorer(Explorer):
         for key in ("original", "injected_ref"):  # 0, 1: α-free references
             label, color, dash, width = CURVES[key]
             tr = t.refs[key]
-            fig.add_trace(go.Scatter(x=list(range(len(tr.losses))), y=_finite(tr.losses), mode="lines", name=label,
+            fig.add_trace(go.Scatter(x=list(range(len(tr.losses))), y=gaps(tr.losses), mode="lines", name=label,
                                      line=dict(color=color, dash=dash, width=width), opacity=0.45,
                                      legendgroup=key), 1, 1)
         for key in ("locked", "fused", "injected"):  # 2, 3, 4: runs at the chosen α
@@ -102,7 +104,7 @@ class AttackerExplorer(Explorer):
             tr = t.runs[key][i]
             s = tr.steps_to(t.target)
             note = f"τ in {s} steps" if s is not None else ("diverged" if tr.diverged else "τ not reached")
-            frame[j] = {"x": list(range(len(tr.losses))), "y": _finite(tr.losses),
+            frame[j] = {"x": list(range(len(tr.losses))), "y": gaps(tr.losses),
                         "name": f"{CURVES[key][0]} ({note})"}
         frame[11] = {"x": [a, a]}
         return frame

@@ -14,9 +14,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ...optim.precision import VanishingTable, unit_roundoff
 from ...common.display import fmt
-from ._base import Explorer, alpha_slider, log_ticks, nearest, snap, toggle
+from ...experiments.grid import nearest, snap
+from ...optim.precision import VanishingTable, unit_roundoff
+from ._base import Explorer, log_ticks
+from .controls import alpha_slider, toggle
 
 __all__ = ["PrecisionExplorer", "GROUPS", "BINS"]
 
