@@ -262,6 +262,19 @@ def _label(v: Any) -> str:
     return str(v)
 
 
+def fit_layout(fig: go.Figure, *, height: int, top: int, legend_y: float | None = None, left: int = 60,
+               bottom: int = 45, **layout: Any) -> go.Figure:
+    """``fig`` sized for a 900 px output area: legend as one row above the plots (at ``legend_y``; None: no
+    legend), subplot titles at 14 px so each stays on one line. ``layout``: further ``update_layout`` keywords."""
+    if legend_y is None:
+        layout.setdefault("showlegend", False)
+    else:
+        layout["legend"] = dict(orientation="h", yanchor="bottom", y=legend_y, x=0, xanchor="left", font_size=12)
+    fig.update_layout(height=height, margin=dict(t=top, b=bottom, l=left, r=15), **layout)
+    fig.update_annotations(font_size=14)
+    return fig
+
+
 def log_ticks() -> dict:
     """Tick settings for a log axis that stay legible: one label a decade, as a power of ten.
 

@@ -16,7 +16,7 @@ from ...common.display import gaps
 from ...experiments.attack import AttackTable
 from ...experiments.grid import snap
 from ...experiments.tuning import LABELS
-from ._base import Explorer, log_ticks
+from ._base import Explorer, fit_layout, log_ticks
 from .controls import alpha_slider
 
 __all__ = ["AttackerExplorer", "CURVES"]
@@ -90,10 +90,7 @@ class AttackerExplorer(Explorer):
         fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2, **log_ticks())
         fig.update_yaxes(title_text="steps to τ (log; ▵ = not reached)", type="log", row=1, col=2,
                          range=[0, math.log10(1.6 * t.steps)], **log_ticks())
-        fig.update_layout(height=540, margin=dict(t=120, b=45, l=60, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0, xanchor="left", font_size=12))
-        fig.update_annotations(font_size=14)
-        return fig
+        return fit_layout(fig, height=540, top=120, legend_y=1.1)
 
     def compute(self, alpha) -> dict:
         t = self.table

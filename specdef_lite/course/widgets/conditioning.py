@@ -28,7 +28,7 @@ from ...common.display import fmt
 from ...experiments.descent import OPTIMIZERS, Path, descent_path
 from ...experiments.kappa import gd_rate
 from ...optim.problems import quadratic
-from ._base import Explorer
+from ._base import Explorer, fit_layout
 
 __all__ = ["ConditioningExplorer"]
 
@@ -123,10 +123,7 @@ class ConditioningExplorer(Explorer):
         fig.update_xaxes(title_text="learning rate η", type="log", range=list(self.LR_RANGE),
                          exponentformat="power", dtick=1, row=1, col=3)
         fig.update_yaxes(title_text="ρ(η) (GD converges iff ρ < 1)", range=[0, 2.1], row=1, col=3)
-        fig.update_layout(height=430, margin=dict(t=50, b=50, l=55, r=15), showlegend=False,
-                          hovermode="closest")
-        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
-        return fig
+        return fit_layout(fig, height=430, top=50, bottom=50, left=55, hovermode="closest")
 
     def compute(self, *, kappa: float, lr: float, optimizer: str) -> dict[int, dict]:
         p = descent_path(kappa, lr, optimizer, steps=self.steps, seed=self.seed)

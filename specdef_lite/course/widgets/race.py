@@ -18,7 +18,7 @@ from ...experiments.grid import nearest, snap
 from ...experiments.plots import COLORS
 from ...experiments.race import RaceTable
 from ...experiments.tuning import LABELS
-from ._base import Explorer, log_ticks
+from ._base import Explorer, fit_layout, log_ticks
 from .controls import alpha_slider, compact
 
 __all__ = ["RaceExplorer", "LABELS", "COLORS"]
@@ -62,12 +62,8 @@ class RaceExplorer(Explorer):
         return sorted(float(v) for v in self.table.sweeps[optimizer][self.table.index(alpha)].lrs)
 
     def _sensible_lr(self, optimizer: str, alpha: float) -> float:
-        sw = self.table.sweeps[optimizer][self.table.index(alpha)]
-        for lr in (sw.best_lr, sw.max_stable_lr):
-            if lr is not None and np.isfinite(lr):
-                return float(lr)
-        tried = self.tried(optimizer, alpha)
-        return tried[0]
+        """The η shown first: the best η, else the largest stable η, else the smallest tried (``BestResponse.shown``)."""
+        return float(self.table.sweeps[optimizer][self.table.index(alpha)].shown.lr)
 
     def _lr_options(self, optimizer: str, alpha: float, lr: float) -> tuple[list, float]:
         """Options of the η slider at (optimizer, α) and the value nearest ``lr`` among them (log scale)."""
@@ -163,10 +159,7 @@ class RaceExplorer(Explorer):
         fig.update_yaxes(title_text="steps to τ (log; ▵ = not reached)", type="log", row=2, col=1,
                          range=[0, math.log10(1.6 * n_max)], **log_ticks())
         fig.update_yaxes(title_text="η_max (log)", type="log", row=2, col=2, **log_ticks())
-        fig.update_layout(height=800, margin=dict(t=110, b=45, l=60, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, xanchor="left", font_size=12))
-        fig.update_annotations(font_size=14)
-        return fig
+        return fit_layout(fig, height=800, top=110, legend_y=1.06)
 
     def compute(self, alpha, optimizer, lr) -> dict:
         t = self.table
