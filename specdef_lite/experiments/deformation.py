@@ -28,14 +28,27 @@ from ..curvature.theorem3 import theorem3_bound
 from .grid import nearest
 from .slope import loglog_slope
 
-__all__ = ["DeformationSweep", "deformation_sweep"]
+__all__ = ["DeformationPoint", "DeformationSweep", "deformation_sweep"]
 
 EPS64 = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
+class DeformationPoint:
+    """One α of a ``DeformationSweep``: σ₁(W̃) = α·σ₁(W), max|f − f'|, σ₁(∇²ℒ) ≥ bound, η_max = 2/σ₁(∇²ℒ)."""
+    alpha: float
+    sigma1_W_tilde: float
+    err_specdef: float
+    err_scale_only: float
+    sigma1_H: float
+    bound: float
+    max_stable_lr: float
+    top_in_C: float
+
+
+@dataclass(frozen=True)
 class DeformationSweep:
-    """SpecDef of one layer over a grid of α, every quantity notebook 02 plots (float64 numpy arrays).
+    """SpecDef of one layer over a grid of α: σ(W̃), max|f − f'|, σ₁(∇²ℒ) ≥ Theorem 3's bound (float64 arrays).
 
     Attributes:
         alphas: (n,) the grid; k: singular values scaled; layer: the deformed layer's name.
@@ -65,6 +78,13 @@ class DeformationSweep:
     def index(self, alpha: float) -> int:
         """Index of the grid point nearest to ``alpha`` on a log scale."""
         return nearest(self.alphas, alpha)
+
+    def at(self, alpha: float) -> DeformationPoint:
+        """Every quantity at the grid point nearest to ``alpha`` (log scale)."""
+        i = self.index(alpha)
+        return DeformationPoint(float(self.alphas[i]), float(self.sigma_W_tilde[i, 0]), float(self.err_specdef[i]),
+                                float(self.err_scale_only[i]), float(self.sigma1_H[i]), float(self.bound[i]),
+                                float(self.max_stable_lr[i]), float(self.top_in_C[i]))
 
     def slope(self, name: str = "sigma1_H", alpha_min: float = 100.0) -> float:
         """d log y / d log α by least squares over α ≥ ``alpha_min`` (2 for σ₁(∇²ℒ), 1 for the bound)."""

@@ -18,11 +18,11 @@ import torch
 from plotly.subplots import make_subplots
 
 from ...common.display import fmt, gaps, is_live
-from ...experiments.deformation import DeformationSweep, deformation_sweep
+from ...experiments.deformation import DeformationPoint, DeformationSweep, deformation_sweep
 from ...experiments.grid import log_grid, snap
 from ...lock.deform import linear_weight
 from ...optim.problems import teacher_student
-from ._base import Explorer, log_ticks
+from ._base import Explorer, fit_layout, log_ticks
 
 __all__ = ["DeformationExplorer"]
 
@@ -123,11 +123,7 @@ class DeformationExplorer(Explorer):
             fig.update_xaxes(title_text="α", type="log", exponentformat="power", dtick=2, row=1, col=col)
         fig.update_yaxes(title_text="max |f − f'|", type="log", exponentformat="power", row=1, col=2)
         fig.update_yaxes(title_text="σ₁ (log scale)", type="log", exponentformat="power", row=1, col=3)
-        fig.update_layout(height=540, margin=dict(t=125, b=45, l=55, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0.0, font_size=12),
-                          hovermode="closest")
-        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
-        return fig
+        return fit_layout(fig, height=540, top=125, legend_y=1.1, left=55, hovermode="closest")
 
     def compute(self, *, alpha: float, k: int) -> dict[int, dict]:
         sw = self.sweep(k)
@@ -149,12 +145,7 @@ class DeformationExplorer(Explorer):
             10: {"x": [a[0]], "y": [sw.sigma1_H[-1]], "text": [text]},
         }
 
-    def at(self, alpha: float | None = None, k: int | None = None) -> dict[str, float]:
+    def at(self, alpha: float | None = None, k: int | None = None) -> DeformationPoint:
         """The numbers shown at (α, k) (default: the current state), for prose and tests."""
         state = self.state()
-        sw = self.sweep(state["k"] if k is None else k)
-        i = sw.index(state["alpha"] if alpha is None else alpha)
-        return {"alpha": float(sw.alphas[i]), "sigma1_W_tilde": float(sw.sigma_W_tilde[i, 0]),
-                "err_specdef": float(sw.err_specdef[i]), "err_scale_only": float(sw.err_scale_only[i]),
-                "sigma1_H": float(sw.sigma1_H[i]), "bound": float(sw.bound[i]),
-                "max_stable_lr": float(sw.max_stable_lr[i]), "top_in_C": float(sw.top_in_C[i])}
+        return self.sweep(state["k"] if k is None else k).at(state["alpha"] if alpha is None else alpha)
