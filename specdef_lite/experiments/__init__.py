@@ -30,11 +30,11 @@ from .best_response import BestResponse, Outcome, Slowdown, search, slowdown
 _EXPORTS = {
     "best_response": "tuning", "outcome": "tuning", "lr_grid": "tuning", "around": "tuning",
     "tracking_grid": "tuning", "LABELS": "tuning",
-    "Sweep": "sweep", "lr_sweep": "sweep", "race": "sweep",
+    "Sweep": "sweep", "Race": "sweep", "lr_sweep": "sweep", "race": "sweep",
     "KappaSweep": "kappa", "steps_vs_kappa": "kappa", "gd_rate": "kappa", "gd_theory_steps": "kappa",
     "best_fixed_step_steps": "kappa",
     "Path": "descent", "descent_path": "descent",
-    "DeformationSweep": "deformation", "deformation_sweep": "deformation",
+    "DeformationSweep": "deformation", "DeformationPoint": "deformation", "deformation_sweep": "deformation",
     "SpectrumFamilies": "families", "spectrum_families": "families", "pulled_curvature": "families",
     "RaceTable": "race", "race_table": "race",
     "AttackTable": "attack", "attack_table": "attack",
