@@ -1,4 +1,4 @@
-"""W̃ = W + (α − 1) U_k Σ_k V_kᵀ, C W̃ = W over a grid of α: spectrum, function and ∇²ℒ — the experiment of notebook 02.
+"""W̃ = W + (α − 1) U_k Σ_k V_kᵀ, C W̃ = W over a grid of α: σᵢ(W̃), max|f − f'|, σ₁(∇²ℒ) per α.
 
 One sweep over a log grid of α answers three questions for a small network:
 
@@ -35,7 +35,7 @@ EPS64 = float(np.finfo(np.float64).eps)
 
 @dataclass(frozen=True)
 class DeformationPoint:
-    """One α of a ``DeformationSweep``: σ₁(W̃) = α·σ₁(W), max|f − f'|, σ₁(∇²ℒ) ≥ bound, η_max = 2/σ₁(∇²ℒ)."""
+    """One α of a sweep: σ₁(W̃) = α·σ₁(W), max|f − f'|, σ₁(∇²ℒ) ≥ bound, 2/σ₁(∇²ℒ)."""
     alpha: float
     sigma1_W_tilde: float
     err_specdef: float
@@ -48,7 +48,7 @@ class DeformationPoint:
 
 @dataclass(frozen=True)
 class DeformationSweep:
-    """SpecDef of one layer over a grid of α: σ(W̃), max|f − f'|, σ₁(∇²ℒ) ≥ Theorem 3's bound (float64 arrays).
+    """SpecDef of one layer over a grid of α: σ(W̃), max|f − f'|, σ₁(∇²ℒ) ≥ Theorem 3's bound (float64).
 
     Attributes:
         alphas: (n,) the grid; k: singular values scaled; layer: the deformed layer's name.
@@ -97,12 +97,6 @@ class DeformationSweep:
     def max_stable_lr(self) -> np.ndarray:
         """2/σ₁(∇²ℒ) at each α: gradient descent's stability limit at the released point (PAPER.md)."""
         return 2.0 / self.sigma1_H
-
-
-def _gaps(y) -> np.ndarray:
-    """Exact zeros (no error at all, e.g. the ablation at α = 1) become gaps: a log axis cannot show 0."""
-    y = np.asarray(y, dtype=float)
-    return np.where(y > 0, y, np.nan)
 
 
 def _before_of(model: torch.nn.Module, layer: str) -> str:
