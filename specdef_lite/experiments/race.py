@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..lock.deform import specdef
 from ..optim.training import Trace, train
 from .best_response import BestResponse, Slowdown, slowdown
+from .first_look import top_curvature
 from .grid import nearest
 from .tuning import LABELS, anchor, best_response, spanning, tracking_grid
 
@@ -126,10 +127,7 @@ class RaceTable:
         the start. On the real, non-quadratic loss the curvature changes along the path, so the
         measured ``max_stable_lr`` may sit above it; ``max_stable_lr(o) · lam_max() / 2`` says by how much.
         """
-        from ..curvature.products import loss_fn_of
-        from ..curvature.eigen import top_eigenvalues
-        return np.array([float(top_eigenvalues(*loss_fn_of(self.locked(a), self.task), which="LA").values[0])
-                         for a in self.alphas])
+        return np.array([top_curvature(self.locked(a), self.task) for a in self.alphas])
 
     def locked(self, alpha: float):
         """A fresh copy of the released model locked at the grid α nearest ``alpha``."""
