@@ -75,6 +75,8 @@ def unanswered(name: str, answer: object) -> Feedback | None:
     Example:
         >>> unanswered("x", None).why, unanswered("x", 0.5)
         ('No answer yet: type a number in place of `None` and run the cell again.', None)
+        >>> [unanswered("x", a).expected for a in ("fast", [0.1, 0.2], float("nan"), float("inf"))]  # never given away
+        ['?', '?', '?', '?']
     """
     if answer is None or answer is ...:
         why = "No answer yet: type a number in place of `None` and run the cell again."
