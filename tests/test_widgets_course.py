@@ -198,7 +198,7 @@ def test_deformation_headless_alpha_slider(deform, toy):
         assert f"α = {fmt(alpha)}" in fig.data[10].text[0]
     # a value between grid points snaps to the nearest one (log scale)
     deform.set(alpha=2500.0)
-    assert deform.figure.data[9].x[0] == 1e3 and deform.at()["alpha"] == 1e3
+    assert deform.figure.data[9].x[0] == 1e3 and deform.at().alpha == 1e3
 
 
 def test_deformation_k_changes_the_spectrum(deform, toy):

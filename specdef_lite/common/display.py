@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["headless_flag", "is_live", "progress_disabled", "slider_figure", "show", "plain", "fmt", "explorer_bundle", "pre_save_hook"]
+__all__ = ["headless_flag", "is_live", "progress_disabled", "slider_figure", "show", "plain", "gaps", "fmt", "explorer_bundle",
+           "pre_save_hook"]
 
 ENV = "SPECDEF_LITE_HEADLESS"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -136,6 +137,20 @@ def plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def gaps(values: Any, *, log: bool = False) -> list[float | None]:
+    """y for a plotly line: y_i if finite (and > 0 when ``log``), else None — a gap, not a point at 0 or ∞.
+
+    A diverged loss (inf, NaN) is not drawn; on a log axis an exact zero (no error at all) cannot be drawn.
+
+    Example:
+        >>> gaps([1.0, float("inf"), 0.0]), gaps([1.0, 0.0], log=True)
+        ([1.0, None, 0.0], [1.0, None])
+    """
+    y = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=float).ravel()
+    keep = np.isfinite(y) & (y > 0) if log else np.isfinite(y)
+    return [float(v) if k else None for v, k in zip(y, keep)]
 
 
 def fmt(value: float, trim: bool = True) -> str:

@@ -14,29 +14,26 @@ Why these choices (measured in TOOLCHAIN.md):
   config file; every current browser draws MathML Core): the HTML-CSS output probes web fonts with an
   ``about:blank`` font that a ``file://`` page refuses (a console error on every page) and asks for TeX
   fonts the copy does not ship (``MathJax_Script-Regular.otf`` for ℒ on 01, 02, 03, 06).
-- ``params="test"`` executes with each notebook's ``metadata.specdef_lite.test_parameters`` into
-  build/executed/, the folder the papermill test harness writes, so a book built after the tests reuses
-  its executions (``reuse=True``: only copies newer than their notebook and the library, run with the
-  same parameters). ``params="default"`` runs the notebooks as a student would, into
-  build/executed-default/.
+- ``params="test"`` runs each notebook with its ``test_parameters`` into build/executed/ (the folder the
+  papermill tests write), ``params="default"`` as a student would, into build/executed-default/
+  (``execution.execute``; ``reuse=True`` keeps fresh copies).
 
 Run:  python -m specdef_lite.course.book [--params test|default] [--reuse] [--out book]   (make book)
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import html
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from .execution import execute
+
 __all__ = ["build", "notebook_title", "plotly_outputs_to_html"]
 
-KERNEL = "specdef-lite"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
@@ -117,61 +114,6 @@ def plotly_outputs_to_html(nb: dict, prefix: str = "fig") -> int:
                 if not data:
                     data["text/plain"] = ""
     return n
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _parameters(src: Path, params: str) -> dict:
-    meta = json.loads(src.read_text())["metadata"]
-    if params == "test":
-        return dict(meta.get("specdef_lite", {}).get("test_parameters", {}))
-    if params == "default":
-        return {}
-    raise ValueError(f"params must be 'test' or 'default', got {params!r}")
-
-
-def _fresh(src: Path, out: Path, parameters: dict, library_mtime: float) -> bool:
-    """An executed copy can be reused if it is newer than its notebook and the library, same parameters."""
-    if not out.exists() or out.stat().st_mtime < max(src.stat().st_mtime, library_mtime):
-        return False
-    meta = json.loads(out.read_text())["metadata"].get("papermill", {})
-    return meta.get("parameters", {}) == parameters and not meta.get("exception")
-
-
-def execute(sources: list[Path], executed: Path, *, params: str = "test", reuse: bool = False,
-            log=print) -> dict[str, float | None]:
-    """Run each notebook with papermill (headless) into ``executed``; seconds per notebook (None: reused)."""
-    import papermill as pm
-
-    executed.mkdir(parents=True, exist_ok=True)
-    library_mtime = max(p.stat().st_mtime for p in Path(__file__).parents[1].rglob("*.py") if p.name != "book.py")
-    seconds: dict[str, float | None] = {}
-    for src in sources:
-        out = executed / src.name
-        parameters = _parameters(src, params)
-        if reuse and _fresh(src, out, parameters, library_mtime):
-            seconds[src.stem] = None
-            log(f"  reuse   {out}")
-            continue
-        t0 = time.perf_counter()
-        with _environ(SPECDEF_LITE_HEADLESS="1", PYTHONWARNINGS="ignore::DeprecationWarning"):
-            pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=KERNEL,
-                                cwd=str(src.parent), progress_bar=False, log_output=False)
-        seconds[src.stem] = time.perf_counter() - t0
-        log(f"  execute {src.name}: {seconds[src.stem]:.1f} s")
-    return seconds
 
 
 def _mathjax(out: Path) -> str | None:

@@ -1,27 +1,15 @@
 """The course's exercise checkers, one section per notebook; each recomputes its truth with the library."""
 from __future__ import annotations
 
-from .exercises import Feedback, compare, exercise  # noqa: F401
+from .feedback import Feedback, as_number, compare, exercise, unanswered
+
+
+def _near(a: float, b: float, rtol: float = 0.02) -> bool:
+    """|a − b| ≤ rtol·|b|: the answer is recognisably b (a known wrong turn)."""
+    return abs(a - b) <= rtol * abs(b)
+
 
 # --- 01_conditioning ------------------------------------------------------------------------------------
-
-def _num01(answer) -> float | None:
-    try:
-        a = float(answer)
-    except (TypeError, ValueError):
-        return None
-    return a if a == a else None  # NaN is no answer
-
-
-def _near01(a: float | None, b: float, rtol: float = 0.02) -> bool:
-    return a is not None and abs(a - b) <= rtol * abs(b)
-
-
-def _unanswered01(name: str, answer) -> Feedback | None:
-    """Feedback for a missing answer (None, not a number) that does not give the expected value away."""
-    if _num01(answer) is not None:
-        return None
-    return Feedback(name, False, answer, "?", "Type a number in place of `None` and run the cell again.")
 
 
 @exercise("01.stable_step", "Gradient descent on a quadratic whose Hessian has largest eigenvalue λ_max: "
@@ -33,26 +21,27 @@ def _stable_step(answer, lam_max: float = 50.0, eigenvalues=None) -> Feedback:
         >>> bool(_stable_step(0.04, lam_max=50.0)), bool(_stable_step(0.02, lam_max=50.0))
         (True, False)
     """
-    if (missing := _unanswered01("01.stable_step", answer)) is not None:
+    if (missing := unanswered("01.stable_step", answer)) is not None:
         return missing
-    import specdef_lite as sl
+    from ..curvature.eigen import top_eigenvalues
+    from ..optim.problems import quadratic
     lam = [1.0, float(lam_max)] if eigenvalues is None else [float(x) for x in eigenvalues]
-    _, task = sl.problems.quadratic(lam, seed=0)
-    top = float(sl.top_eigenvalues(task.A, which="LA").values[0])  # λ_max of ∇²ℒ = A
+    _, task = quadratic(lam, seed=0)
+    top = float(top_eigenvalues(task.A, which="LA").values[0])  # λ_max of ∇²ℒ = A
     expected = 2.0 / top
-    a = _num01(answer)
-    if a is not None and a <= 0:
+    a = as_number(answer)
+    if a <= 0:
         wrong = ("A learning rate must be positive: η = 0 never moves, and a negative η steps uphill, multiplying "
                  f"the stiffest direction by |1 − ηλ_max| = {abs(1 - a * top):.3g} ≥ 1 every step (it grows: GD "
                  "diverges)." if a < 0 else "η = 0 never moves: |1 − ηλ_max| = 1, so nothing shrinks.")
-    elif a is not None and _near01(a, 1.0 / top):
+    elif _near(a, 1.0 / top):
         wrong = (f"{a:.3g} = 1/λ_max is the descent-lemma step (it guarantees the loss falls every step). "
                  f"GD still converges up to twice that: |1 − ηλ_max| < 1 ⟺ η < 2/λ_max.")
-    elif a is not None and a > expected:
+    elif a > expected:
         wrong = (f"At η = {a:.3g} the stiffest direction is multiplied by |1 − ηλ_max| = {abs(1 - a * top):.3g} > 1 "
                  f"every step, so it grows and GD diverges.")
     else:
-        wrong = (f"That step is stable (|1 − ηλ_max| = {abs(1 - (a or 0) * top):.3g} < 1) but not the largest: "
+        wrong = (f"That step is stable (|1 − ηλ_max| = {abs(1 - a * top):.3g} < 1) but not the largest: "
                  f"the edge is where 1 − ηλ_max = −1.")
     right = (f"1 − ηλ_max = −1 at η = 2/λ_max = {expected:.4g}: beyond it the stiffest direction flips sign and "
              f"grows each step.")
@@ -63,7 +52,7 @@ def _stable_step(answer, lam_max: float = 50.0, eigenvalues=None) -> Feedback:
                             "number κ. How many times as many steps does it need when κ is multiplied by `factor`?")
 def _kappa_steps(answer, kappa: float = 10.0, factor: float = 10.0, tau: float = 1e-8, seed: int = 0) -> Feedback:
     """The ratio T(factor·κ)/T(κ), measured by running GD (``steps_vs_kappa``) on both quadratics."""
-    if (missing := _unanswered01("01.kappa_steps", answer)) is not None:
+    if (missing := unanswered("01.kappa_steps", answer)) is not None:
         return missing
     from ..experiments.kappa import steps_vs_kappa
     hi = float(kappa) * float(factor)
@@ -71,11 +60,11 @@ def _kappa_steps(answer, kappa: float = 10.0, factor: float = 10.0, tau: float =
                         gd_best=False)
     s = sw.steps["GD"]
     expected = float(s[1] / s[0])
-    a = _num01(answer)
-    if _near01(a, float(factor) ** 0.5, 0.1):
+    a = as_number(answer)
+    if _near(a, float(factor) ** 0.5, 0.1):
         wrong = ("√κ is what momentum (heavy ball, Nesterov) achieves; plain GD pays the full κ: the flat "
                  "direction shrinks by only 1 − 1/κ per step.")
-    elif _near01(a, float(factor) ** 2, 0.1):
+    elif _near(a, float(factor) ** 2, 0.1):
         wrong = "That is κ² — too pessimistic: the flat direction shrinks by 1 − 1/κ per step, so steps ∝ κ."
     else:
         wrong = (f"At η = 1/λ_max the flat direction shrinks by 1 − 1/κ per step, so T ≈ (κ/2)·ln(ℒ_flat/τ) grows "
@@ -97,23 +86,24 @@ def _sigma_after(answer, sigma1: float = 2.0, alpha: float = 100.0, k: int = 1, 
         >>> bool(_sigma_after(200.0, sigma1=2.0, alpha=100.0)), bool(_sigma_after(2.0, sigma1=2.0, alpha=100.0))
         (True, False)
     """
-    if (missing := _unanswered01("02.sigma_after", answer)) is not None:
+    if (missing := unanswered("02.sigma_after", answer)) is not None:
         return missing
     import torch
-    import specdef_lite as sl
+
+    from ..lock.deform import specdef
     s = [float(sigma1), sigma1 / 2, sigma1 / 4] if sigma is None else [float(x) for x in sigma]
     layer = torch.nn.Linear(len(s), len(s), bias=False, dtype=torch.float64)
     with torch.no_grad():
         layer.weight.copy_(torch.diag(torch.tensor(s, dtype=torch.float64)))  # (n, n), singular values s
-    locked = sl.specdef(layer, float(alpha), k=int(k))
+    locked = specdef(layer, float(alpha), k=int(k))
     expected = float(torch.linalg.svdvals(locked.W_tilde.detach())[0])
-    s1, a = max(s), _num01(answer)
-    if _near01(a, s1):
+    s1, a = max(s), as_number(answer)
+    if _near(a, s1):
         wrong = ("σ₁(W) is what the pair computes, C·W̃ = W. The stored weight W̃ alone carries the factor α; "
                  "C undoes it afterwards.")
-    elif _near01(a, alpha ** 2 * s1):
+    elif _near(a, alpha ** 2 * s1):
         wrong = "α² is how the *curvature* grows; the weight's singular value is multiplied by α once."
-    elif _near01(a, s1 / alpha):
+    elif _near(a, s1 / alpha):
         wrong = "1/α is C's factor along U_k (the compensation), not W̃'s."
     else:
         wrong = f"W̃ = U·diag(α,…,α,1,…,1)·Σ·Vᵀ multiplies the top-{k} singular values by α."
@@ -125,17 +115,17 @@ def _sigma_after(answer, sigma1: float = 2.0, alpha: float = 100.0, k: int = 1, 
                                "does σ₁(∇²ℒ), the top curvature of the attacker's loss, grow?")
 def _hessian_growth(answer, alpha: float = 1e3, k: int = 1, seed: int = 0) -> Feedback:
     """σ₁(∇²ℒ)(10α) / σ₁(∇²ℒ)(α), measured by Lanczos on the locked ``teacher_student`` network."""
-    if (missing := _unanswered01("02.hessian_growth", answer)) is not None:
+    if (missing := unanswered("02.hessian_growth", answer)) is not None:
         return missing
-    import specdef_lite as sl
     from ..experiments.deformation import deformation_sweep
-    sw = deformation_sweep(sl.problems.teacher_student(seed=seed), [float(alpha), 10.0 * alpha], k=k)
+    from ..optim.problems import teacher_student
+    sw = deformation_sweep(teacher_student(seed=seed), [float(alpha), 10.0 * alpha], k=k)
     expected = float(sw.sigma1_H[1] / sw.sigma1_H[0])
-    a = _num01(answer)
-    if _near01(a, 10.0, 0.1):
+    a = as_number(answer)
+    if _near(a, 10.0, 0.1):
         wrong = ("×10 is how Theorem 3's *lower bound* grows (linear in α). The measured curvature grows like α²: "
                  "the curvature with respect to C scales with ‖W̃h‖², and W̃h is α times longer along U_k.")
-    elif _near01(a, 1.0, 0.1):
+    elif _near(a, 1.0, 0.1):
         wrong = ("The function does not change, but its parameterisation does: the loss is much steeper in the new "
                  "parameters (W̃, C).")
     else:
@@ -147,16 +137,6 @@ def _hessian_growth(answer, alpha: float = 1e3, k: int = 1, seed: int = 0) -> Fe
 
 # --- 03_optimizer_race ----------------------------------------------------------------------------------
 
-def _missing_answer(name: str, answer) -> Feedback | None:
-    """Feedback for an answer that is not a finite number, without giving the expected value away."""
-    try:
-        a = float(answer)
-    except (TypeError, ValueError):
-        a = float("nan")
-    if a == a and abs(a) != float("inf"):
-        return None
-    return Feedback(name, False, answer, "?", "Type a number in place of `None` and run the cell again.")
-
 
 @exercise("03.max_stable_lr", "On the toy network locked at strength α (α ≥ 10), gradient descent is stable up to "
                               "η_max. Multiply α by 10: by what factor does η_max change? (η_max(10α) / η_max(α))")
@@ -167,16 +147,19 @@ def _max_stable_lr(answer, alpha: float = 100.0, width: int = 8, k: int = 1, see
         >>> bool(_max_stable_lr(0.01)), bool(_max_stable_lr(0.1))
         (True, False)
     """
-    if (missing := _missing_answer("03.max_stable_lr", answer)) is not None:
+    if (missing := unanswered("03.max_stable_lr", answer)) is not None:
         return missing
-    import specdef_lite as sl
-    toy = sl.problems.teacher_student(width=width, seed=seed)
+    from ..curvature.eigen import top_eigenvalues
+    from ..curvature.products import loss_fn_of
+    from ..lock.deform import specdef
+    from ..optim.problems import teacher_student
+    toy = teacher_student(width=width, seed=seed)
     sigma = []
     for a in (float(alpha), 10.0 * float(alpha)):
-        loss_fn, theta = sl.loss_fn_of(sl.specdef(toy.released, a, k=k), toy.task)
-        sigma.append(abs(float(sl.top_eigenvalues(loss_fn, theta).values[0])))
+        loss_fn, theta = loss_fn_of(specdef(toy.released, a, k=k), toy.task)
+        sigma.append(abs(float(top_eigenvalues(loss_fn, theta).values[0])))
     expected = sigma[0] / sigma[1]
-    a = float(answer)
+    a = as_number(answer)
     if a >= 1:
         wrong = (f"A stiffer loss needs a *smaller* step: σ₁(∇²ℒ) went from {sigma[0]:.3g} to {sigma[1]:.3g}, so "
                  f"η_max = 2/σ₁ shrinks. Answer with a factor below 1.")
@@ -202,12 +185,12 @@ def _param_bill(answer, L: int = 4, d: int = 64, k: int = 1) -> Feedback:
         >>> bool(_param_bill(4 * 64 ** 2)), bool(_param_bill(64 ** 2))
         (True, False)
     """
-    if (missing := _missing_answer("04.param_bill", answer)) is not None:
+    if (missing := unanswered("04.param_bill", answer)) is not None:
         return missing
     from ..experiments.bill import parameter_bill
     L, d = int(L), int(d)
     expected = int(parameter_bill([d], [L], k=k).added[0, 0])
-    a = float(answer)
+    a = as_number(answer)
     if a == L * d:
         wrong = "Each injected layer is a full d×d matrix D (it must be able to express any change (I + E)), not a vector of d."
     elif a == d * d and L > 1:
@@ -236,10 +219,9 @@ def _smallest_update(answer, dtype: str = "bfloat16") -> Feedback:
         >>> [bool(_smallest_update(a)) for a in (2 ** -8 + 2 ** -15, 0.003937, 2 ** -8, 2 ** -8 * 1.001, 2 ** -7)]
         [True, True, False, False, False]
     """
-    if (missing := _missing_answer("05.smallest_update", answer)) is not None:
+    if (missing := unanswered("05.smallest_update", answer)) is not None:
         return missing
     import torch
-    from .exercises import as_number
     from ..optim.precision import as_dtype, smallest_update, vanishes
     dt = as_dtype(dtype)
     threshold = smallest_update(dtype, 1.0)                 # the smallest real Δ that survives: just above u + u²
@@ -247,8 +229,6 @@ def _smallest_update(answer, dtype: str = "bfloat16") -> Feedback:
     u = eps / 2
     expected = u * (1 + eps)                                # the first number of the format above u
     a = as_number(answer)
-    if a is None or a != a:
-        return Feedback("05.smallest_update", False, answer, "?", "Please answer with one number.")
     one = torch.ones((), dtype=torch.float64)
     survives = a > 0 and not bool(vanishes(one, torch.tensor(float(a), dtype=torch.float64), dt))
     ok = survives and float(torch.tensor(float(a), dtype=torch.float64).to(dt)) == expected

@@ -9,6 +9,7 @@ comparison is the attacker's best response (``best_response``, ``slowdown``).
 | ``best_response`` | η* = argmin_η T(τ; η) over a self-extending grid; ``slowdown`` (the core, model-agnostic) |
 | ``tuning`` | ``best_response`` on the toy path (over ``training.train``), ``lr_grid``, ``tracking_grid`` |
 | ``sweep`` | ``lr_sweep`` (a fixed grid), ``race`` (several optimizers once) |
+| ``first_look`` | the lock keeps f, and costs GD's best response steps and λ_max ∝ α² (notebook 00) |
 | ``kappa`` | steps to τ against κ on a quadratic (notebook 01) |
 | ``descent`` | the iterates θ_t of GD / Adam / Newton on a 2-D quadratic (01's explorer) |
 | ``deformation`` | spectrum, function and σ₁(∇²ℒ) against α (notebook 02) |
@@ -30,15 +31,15 @@ from .best_response import BestResponse, Outcome, Slowdown, search, slowdown
 _EXPORTS = {
     "best_response": "tuning", "outcome": "tuning", "lr_grid": "tuning", "around": "tuning",
     "tracking_grid": "tuning", "LABELS": "tuning",
-    "Sweep": "sweep", "lr_sweep": "sweep", "race": "sweep",
+    "Sweep": "sweep", "Race": "sweep", "lr_sweep": "sweep", "race": "sweep",
     "KappaSweep": "kappa", "steps_vs_kappa": "kappa", "gd_rate": "kappa", "gd_theory_steps": "kappa",
     "best_fixed_step_steps": "kappa",
     "Path": "descent", "descent_path": "descent",
-    "DeformationSweep": "deformation", "deformation_sweep": "deformation",
+    "DeformationSweep": "deformation", "DeformationPoint": "deformation", "deformation_sweep": "deformation",
     "SpectrumFamilies": "families", "spectrum_families": "families", "pulled_curvature": "families",
     "RaceTable": "race", "race_table": "race",
     "AttackTable": "attack", "attack_table": "attack",
-    "ParameterBill": "bill", "parameter_bill": "bill",
+    "ParameterBill": "bill", "parameter_bill": "bill", "FirstLook": "first_look", "first_look": "first_look",
     "PrecisionRun": "low_precision", "precision_attack": "low_precision", "AttackerLrs": "low_precision",
     "attacker_lrs": "low_precision", "vanishing_at": "low_precision", "param_names": "low_precision",
     "LoraAttacks": "lora_attack", "LoraRun": "lora_attack", "lora_attacks": "lora_attack",

@@ -1,4 +1,4 @@
-"""T_A(τ; η*) of the locked model against fusing (W = C·W̃) and layer injection (D = I), per α — notebook 04.
+"""T_A(τ; η*) of the locked model against fusing (W = C·W̃) and layer injection (D = I), per α.
 
 PAPER.md, "The limit": SpecDef reparameterises without changing what the model computes, so an attacker who
 knows that can undo it. ``attack_table`` runs one optimizer, always at its best response, on

@@ -7,8 +7,8 @@ trained: ``search`` takes a function ``run(lr) -> Outcome`` (one attack at one l
 log-spaced grid, and returns every outcome plus the best one.
 
 Why the grid extends by itself: a best learning rate that sits on the edge of the grid is a property
-of the grid, not of the attacker (notebook 03's Newton, run at two learning rates only, looked stopped
-by the lock; with η scanned it was not). So while the best sits on an edge, ``search`` tries one more
+of the grid, not of the attacker (Newton, run at two learning rates only, looked stopped by the lock;
+with η scanned it was not). So while the best sits on an edge, ``search`` tries one more
 grid step beyond it; the answer is *bracketed* once a slower, never-arriving or diverging learning rate
 has been tried on each side of it.
 

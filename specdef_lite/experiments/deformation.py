@@ -1,4 +1,4 @@
-"""W̃ = W + (α − 1) U_k Σ_k V_kᵀ, C W̃ = W over a grid of α: spectrum, function and ∇²ℒ — the experiment of notebook 02.
+"""W̃ = W + (α − 1) U_k Σ_k V_kᵀ, C W̃ = W over a grid of α: σᵢ(W̃), max|f − f'|, σ₁(∇²ℒ) per α.
 
 One sweep over a log grid of α answers three questions for a small network:
 
@@ -28,14 +28,27 @@ from ..curvature.theorem3 import theorem3_bound
 from .grid import nearest
 from .slope import loglog_slope
 
-__all__ = ["DeformationSweep", "deformation_sweep"]
+__all__ = ["DeformationPoint", "DeformationSweep", "deformation_sweep"]
 
 EPS64 = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
+class DeformationPoint:
+    """One α of a sweep: σ₁(W̃) = α·σ₁(W), max|f − f'|, σ₁(∇²ℒ) ≥ bound, 2/σ₁(∇²ℒ)."""
+    alpha: float
+    sigma1_W_tilde: float
+    err_specdef: float
+    err_scale_only: float
+    sigma1_H: float
+    bound: float
+    max_stable_lr: float
+    top_in_C: float
+
+
+@dataclass(frozen=True)
 class DeformationSweep:
-    """SpecDef of one layer over a grid of α, every quantity notebook 02 plots (float64 numpy arrays).
+    """SpecDef of one layer over a grid of α: σ(W̃), max|f − f'|, σ₁(∇²ℒ) ≥ Theorem 3's bound (float64).
 
     Attributes:
         alphas: (n,) the grid; k: singular values scaled; layer: the deformed layer's name.
@@ -66,6 +79,13 @@ class DeformationSweep:
         """Index of the grid point nearest to ``alpha`` on a log scale."""
         return nearest(self.alphas, alpha)
 
+    def at(self, alpha: float) -> DeformationPoint:
+        """Every quantity at the grid point nearest to ``alpha`` (log scale)."""
+        i = self.index(alpha)
+        return DeformationPoint(float(self.alphas[i]), float(self.sigma_W_tilde[i, 0]), float(self.err_specdef[i]),
+                                float(self.err_scale_only[i]), float(self.sigma1_H[i]), float(self.bound[i]),
+                                float(self.max_stable_lr[i]), float(self.top_in_C[i]))
+
     def slope(self, name: str = "sigma1_H", alpha_min: float = 100.0) -> float:
         """d log y / d log α by least squares over α ≥ ``alpha_min`` (2 for σ₁(∇²ℒ), 1 for the bound)."""
         ok = self.alphas >= alpha_min
@@ -77,12 +97,6 @@ class DeformationSweep:
     def max_stable_lr(self) -> np.ndarray:
         """2/σ₁(∇²ℒ) at each α: gradient descent's stability limit at the released point (PAPER.md)."""
         return 2.0 / self.sigma1_H
-
-
-def _gaps(y) -> np.ndarray:
-    """Exact zeros (no error at all, e.g. the ablation at α = 1) become gaps: a log axis cannot show 0."""
-    y = np.asarray(y, dtype=float)
-    return np.where(y > 0, y, np.nan)
 
 
 def _before_of(model: torch.nn.Module, layer: str) -> str:

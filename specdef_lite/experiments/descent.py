@@ -1,4 +1,4 @@
-"""θ₀, θ₁, … of GD, Adam or Newton on ℒ(θ) = ½(θ − θ*)ᵀA(θ − θ*), λ(A) = {1, κ} — the paths notebook 01's explorer draws.
+"""θ₀, θ₁, … of GD, Adam or Newton on ℒ(θ) = ½(θ − θ*)ᵀA(θ − θ*), λ(A) = {1, κ}: iterates and losses.
 
 ``train`` records losses only; a path also needs the iterates θ_t, so this loop records both. It is the
 same optimizer (``make_optimizer``) on the same quadratic (``problems.quadratic``) that ``train`` would

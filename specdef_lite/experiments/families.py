@@ -1,4 +1,4 @@
-"""H_α = T⁻ᵀ H₁ T⁻¹: the lock throws k·m eigenvalues of ∇²ℒ out (∝ α²) and pulls k·n in (∝ 1/α²) — notebook 02.
+"""H_α = T⁻ᵀ H₁ T⁻¹: the lock throws k·m eigenvalues of ∇²ℒ out (∝ α²) and pulls k·n in (∝ 1/α²).
 
 Why two families. Inside a locked layer (W̃ ∈ ℝ^{m×n}, C ∈ ℝ^{m×m}) the pair is a fixed linear change of
 coordinates of the pair at α = 1: C = C₁S⁻¹ and W̃ = SW₁ with S = I + (α − 1)U_kU_kᵀ. So the Hessian at α is

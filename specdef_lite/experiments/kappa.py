@@ -1,6 +1,6 @@
 """T(τ) against κ on ℒ(θ) = ½(θ − θ*)ᵀA(θ − θ*), λ(A) = {1, κ}: GD at 1/λ_max and at its best η, Newton, Adam.
 
-The experiment of notebook 01 (PAPER.md, "Why curvature sets the speed"). In A's eigenbasis GD multiplies
+PAPER.md, "Why curvature sets the speed". In A's eigenbasis GD multiplies
 each coordinate by 1 − ηλᵢ per step, so it is stable iff η < 2/λ_max, and at η = 1/λ_max the flat
 direction shrinks by 1 − 1/κ per step: T(τ) ≈ (κ/2)·ln(ℒ_flat/τ), linear in κ. The attacker is not bound
 to 1/λ_max: its best response (``best_response``) is near 2/(λ_min + λ_max), where both directions shrink

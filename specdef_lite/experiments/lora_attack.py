@@ -1,8 +1,8 @@
 """T(τ; η*) per attack placement: full fine-tuning or a rank-r LoRA adapter on W, W̃, C or both, at the best η.
 
-The question of notebook 04 (round 2): does a LoRA attacker get past the lock, and does it matter where
-the adapter sits? On the teacher–student toy (``problems.teacher_student``) the hidden layers are locked;
-then every (model, placement) pair is attacked at its own best learning rate (``best_response.search``):
+Does a LoRA attacker get past the lock, and does it matter where the adapter sits? On the teacher–student
+toy (``problems.teacher_student``) the hidden layers are locked; then every (model, placement) pair is
+attacked at its own best learning rate (``best_response.search``):
 
     original  full | LoRA on W            fused  full | LoRA on W (= C·W̃)
     locked    full | LoRA on W̃ | on C | on both

@@ -157,7 +157,7 @@ def _twin(trace, earlier: Mapping[str, object]) -> str | None:
 
 
 def start_figure(f: np.ndarray, f_locked: np.ndarray, runs: Mapping[str, tuple], tau: float) -> go.Figure:
-    """Notebook 00's one picture: f' against f on the utility inputs (left), and each model's attack at its best η (right).
+    """f' against f on the utility inputs (left: the lock keeps f), and each model's attack at its best η (right).
 
     Args:
         f, f_locked: the released and locked models' outputs on the same inputs.

@@ -1,4 +1,4 @@
-"""T_A(τ; η*_A(α)) for every optimizer A and lock strength α, against the undefended model's best — notebook 03's race.
+"""T_A(τ; η*_A(α)) for every optimizer A and lock strength α, against the undefended model's best.
 
 For each optimizer the undefended (released) model gets its best response first; then the model is
 locked at every α of a grid and the optimizer gets its best response again. The slowdown at α is
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..lock.deform import specdef
 from ..optim.training import Trace, train
 from .best_response import BestResponse, Slowdown, slowdown
+from .first_look import top_curvature
 from .grid import nearest
 from .tuning import LABELS, anchor, best_response, spanning, tracking_grid
 
@@ -123,13 +124,10 @@ class RaceTable:
         """(A,) λ_max(∇²ℒ) — the largest eigenvalue, by Lanczos — at the released weights of each locked model.
 
         2/λ_max is gradient descent's *local* stability limit: exact on the quadratic that matches the loss at
-        the start (notebook 01). On the real, non-quadratic loss the curvature changes along the path, so the
+        the start. On the real, non-quadratic loss the curvature changes along the path, so the
         measured ``max_stable_lr`` may sit above it; ``max_stable_lr(o) · lam_max() / 2`` says by how much.
         """
-        from ..curvature.products import loss_fn_of
-        from ..curvature.eigen import top_eigenvalues
-        return np.array([float(top_eigenvalues(*loss_fn_of(self.locked(a), self.task), which="LA").values[0])
-                         for a in self.alphas])
+        return np.array([top_curvature(self.locked(a), self.task) for a in self.alphas])
 
     def locked(self, alpha: float):
         """A fresh copy of the released model locked at the grid α nearest ``alpha``."""

@@ -1,7 +1,7 @@
 """p = d log y / d log x — the least-squares slope on log–log axes, from which the course reads every law.
 
-One function for the whole course: steps ∝ κ (slope 1, notebook 01), σ₁(∇²ℒ) ∝ α² (slope 2, notebook 02),
-η_max ∝ 1/α² and η* ∝ 1/α (slopes −2 and −1, notebooks 03 and 05). Points that a log axis cannot hold
+One function for every power law the course reads: steps ∝ κ (slope 1), σ₁(∇²ℒ) ∝ α² (slope 2),
+η_max ∝ 1/α² and η* ∝ 1/α (slopes −2 and −1). Points that a log axis cannot hold
 (None, NaN, ±inf, ≤ 0 — a run that never reached its target, an exact zero) are left out, not guessed.
 """
 from __future__ import annotations

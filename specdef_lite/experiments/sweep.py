@@ -4,12 +4,12 @@
 learning rates asked for, e.g. the paper's fixed grid. Its summary (best η, fewest steps, largest stable η)
 comes from the same ``BestResponse`` as every other comparison in the course, so "best" means the same
 thing everywhere: fewest steps to reach τ and stay below it, the smaller η on ties. ``race`` runs several
-optimizers once each, at given learning rates.
+optimizers once each, at given learning rates, into a ``Race`` (label → ``Trace``, read-only).
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..optim.training import Trace, train
 from .best_response import BestResponse, Outcome, search
 
-__all__ = ["Sweep", "lr_sweep", "race"]
+__all__ = ["Sweep", "Race", "lr_sweep", "race"]
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,32 @@ def lr_sweep(model: nn.Module, task, optimizer_name: str, lrs: Sequence[float], 
     return Sweep.of(br, optimizer_name)
 
 
+@dataclass(frozen=True)
+class Race(Mapping[str, Trace]):
+    """label → ``Trace``: each optimizer trained once from the same model for ``steps`` steps (a read-only mapping).
+
+    Attributes:
+        traces: label → Trace, in the order the optimizers were given.
+        steps: the budget every run had; target: τ where runs stopped at it, else None.
+    """
+    traces: Mapping[str, Trace]
+    steps: int
+    target: float | None = None
+
+    def __getitem__(self, label: str) -> Trace:
+        return self.traces[label]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.traces)
+
+    def __len__(self) -> int:
+        return len(self.traces)
+
+
 def race(model: nn.Module, task, optimizers: dict[str, tuple[str, float] | dict], steps: int,
          target: float | None = None, *, explode: float = 1e3, stop_at_target: bool = False,
-         progress: bool = False) -> dict[str, Trace]:
-    """{label: Trace} — each optimizer trains its own deep copy of ``model`` on ``task`` for ``steps`` steps.
+         progress: bool = False) -> Race:
+    """label → Trace (a ``Race``) — each optimizer trains its own deep copy of ``model`` on ``task`` for ``steps`` steps.
 
     Args:
         optimizers: label → ``(name, lr)`` or a dict ``{"name": ..., "lr": ..., **optimizer options}``,
@@ -124,4 +146,4 @@ def race(model: nn.Module, task, optimizers: dict[str, tuple[str, float] | dict]
             kw = {}
         out[label] = train(copy.deepcopy(model), task, name, steps, target, lr=lr, optimizer_kw=kw,
                            explode=explode, stop_at_target=stop_at_target, label=label)
-    return out
+    return Race(out, int(steps), target if stop_at_target else None)

@@ -1,15 +1,17 @@
 """Numbers as the notebooks' prose writes them: 10⁴ as "10<sup>4</sup>", 0.123 as "12.3 %", a step count or "—".
 
-Also a best response's step count with its "≥" when it is only a lower bound, and a count with its noun.
+Also a best response's step count with its "≥" when it is only a lower bound, a count with its noun, and a
+list of names as a sentence holds it.
 
-The notebooks compute every number they print (an f-string over their own results); these three
+The notebooks compute every number they print (an f-string over their own results); these
 formatters keep the same number looking the same in every notebook.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-__all__ = ["e10", "pct", "steps", "at_least", "count"]
+__all__ = ["e10", "pct", "steps", "at_least", "count", "listing"]
 
 
 def e10(a: float) -> str:
@@ -62,3 +64,14 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
         ('1 entry', '256 entries', '0 steps')
     """
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def listing(items: Iterable[object], *, code: bool = False, sep: str = ", ", empty: str = "nothing") -> str:
+    """Names joined as prose: "`0`, `2`" (``code``: each as code), "SGD and Adam" (``sep=" and "``), ``empty`` if none.
+
+    Example:
+        >>> listing(["0", "2"], code=True), listing(["SGD", "Adam"], sep=" and "), listing([])
+        ('`0`, `2`', 'SGD and Adam', 'nothing')
+    """
+    text = sep.join(f"`{x}`" if code else str(x) for x in items)
+    return text or empty

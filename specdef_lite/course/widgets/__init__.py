@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import Explorer, alpha_slider, log_grid, nearest, snap
+from ...experiments.grid import log_grid, nearest, snap
+from ._base import Explorer
+from .controls import alpha_slider
 
 _EXPORTS = {
     "ConditioningExplorer": "conditioning",   # 01: GD on a 2-D quadratic, κ, 2/λ_max

@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ...common.display import explorer_bundle, fmt, is_live, plain, slider_figure
-from ...experiments.grid import log_grid, nearest, snap  # noqa: F401 - the explorers' α grids
+from ...experiments.grid import nearest
 
 Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
 
@@ -262,6 +262,19 @@ def _label(v: Any) -> str:
     return str(v)
 
 
+def fit_layout(fig: go.Figure, *, height: int, top: int, legend_y: float | None = None, left: int = 60,
+               bottom: int = 45, **layout: Any) -> go.Figure:
+    """``fig`` sized for a 900 px output area: legend as one row above the plots (at ``legend_y``; None: no
+    legend), subplot titles at 14 px so each stays on one line. ``layout``: further ``update_layout`` keywords."""
+    if legend_y is None:
+        layout.setdefault("showlegend", False)
+    else:
+        layout["legend"] = dict(orientation="h", yanchor="bottom", y=legend_y, x=0, xanchor="left", font_size=12)
+    fig.update_layout(height=height, margin=dict(t=top, b=bottom, l=left, r=15), **layout)
+    fig.update_annotations(font_size=14)
+    return fig
+
+
 def log_ticks() -> dict:
     """Tick settings for a log axis that stay legible: one label a decade, as a power of ten.
 
@@ -269,41 +282,3 @@ def log_ticks() -> dict:
     crowds the axis (notebook 04's steps axis). Decade labels are also the cheapest to redraw: a slider
     update redraws every axis (tick arrays and minor ticks measurably slowed notebook 03's updates)."""
     return dict(dtick=1, exponentformat="power")
-
-
-# --- controls, sized so that an explorer's whole row fits a 900 px output area --------------------------
-SLIDER_WIDTH = "290px"
-
-
-def _compact(kw: dict, width: str = SLIDER_WIDTH) -> dict:
-    """Layout and style keywords for a compact control: a label as wide as its text, a fixed overall width."""
-    import ipywidgets as W
-    kw.setdefault("layout", W.Layout(width=width))
-    kw.setdefault("style", {"description_width": "initial"})
-    return kw
-
-
-def log_slider(value: float, lo: float, hi: float, per_decade: float, description: str, **kw):
-    """A log₁₀ slider snapped to ``per_decade`` steps a decade, with a 3-digit readout (``.3g``)."""
-    import ipywidgets as W
-    return W.FloatLogSlider(value=value, base=10, min=np.log10(lo), max=np.log10(hi), step=1 / per_decade,
-                            description=description, readout_format=".3g", continuous_update=False,
-                            **_compact(kw))
-
-
-def alpha_slider(value: float, grid: Sequence[float], description: str = "α", **kw):
-    """A slider over the explorer's precomputed α grid, labelled as the plots label α (``display.fmt``).
-
-    The values are the grid's own, so a slider position is always a precomputed state, and the readout
-    says 3.16e+5 where the plot says 3.16e+5 (a ``.0e`` readout said 3e+5)."""
-    import ipywidgets as W
-    options = [(fmt(a), float(a)) for a in grid]
-    return W.SelectionSlider(options=options, value=snap(value, grid), description=description,
-                             continuous_update=False, **_compact(kw))
-
-
-def toggle(options, value, description: str, button_width: str = "74px", **kw):
-    """Toggle buttons that stay on one row: fixed, narrow buttons and a label as wide as its text."""
-    import ipywidgets as W
-    kw.setdefault("style", {"description_width": "initial", "button_width": button_width})
-    return W.ToggleButtons(options=options, value=value, description=description, **kw)

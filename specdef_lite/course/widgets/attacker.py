@@ -12,10 +12,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ...common.display import gaps
 from ...experiments.attack import AttackTable
+from ...experiments.grid import snap
 from ...experiments.tuning import LABELS
-from ._base import Explorer, alpha_slider, log_ticks, snap
-from .race import _finite
+from ._base import Explorer, fit_layout, log_ticks
+from .controls import alpha_slider
 
 __all__ = ["AttackerExplorer", "CURVES"]
 
@@ -53,7 +55,7 @@ class AttackerExplorer(Explorer):
         for key in ("original", "injected_ref"):  # 0, 1: α-free references
             label, color, dash, width = CURVES[key]
             tr = t.refs[key]
-            fig.add_trace(go.Scatter(x=list(range(len(tr.losses))), y=_finite(tr.losses), mode="lines", name=label,
+            fig.add_trace(go.Scatter(x=list(range(len(tr.losses))), y=gaps(tr.losses), mode="lines", name=label,
                                      line=dict(color=color, dash=dash, width=width), opacity=0.45,
                                      legendgroup=key), 1, 1)
         for key in ("locked", "fused", "injected"):  # 2, 3, 4: runs at the chosen α
@@ -88,10 +90,7 @@ class AttackerExplorer(Explorer):
         fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2, **log_ticks())
         fig.update_yaxes(title_text="steps to τ (log; ▵ = not reached)", type="log", row=1, col=2,
                          range=[0, math.log10(1.6 * t.steps)], **log_ticks())
-        fig.update_layout(height=540, margin=dict(t=120, b=45, l=60, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0, xanchor="left", font_size=12))
-        fig.update_annotations(font_size=14)
-        return fig
+        return fit_layout(fig, height=540, top=120, legend_y=1.1)
 
     def compute(self, alpha) -> dict:
         t = self.table
@@ -102,7 +101,7 @@ class AttackerExplorer(Explorer):
             tr = t.runs[key][i]
             s = tr.steps_to(t.target)
             note = f"τ in {s} steps" if s is not None else ("diverged" if tr.diverged else "τ not reached")
-            frame[j] = {"x": list(range(len(tr.losses))), "y": _finite(tr.losses),
+            frame[j] = {"x": list(range(len(tr.losses))), "y": gaps(tr.losses),
                         "name": f"{CURVES[key][0]} ({note})"}
         frame[11] = {"x": [a, a]}
         return frame

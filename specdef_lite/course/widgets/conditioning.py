@@ -27,16 +27,12 @@ from plotly.subplots import make_subplots
 from ...common.display import fmt
 from ...experiments.descent import OPTIMIZERS, Path, descent_path
 from ...experiments.kappa import gd_rate
-from ._base import Explorer
+from ...optim.problems import quadratic
+from ._base import Explorer, fit_layout
 
 __all__ = ["ConditioningExplorer"]
 
 COLORS = {"GD": "#1f77b4", "Adam": "#ff7f0e", "Newton": "#2ca02c"}
-
-
-def _sl():
-    import specdef_lite as sl  # lazy: the package imports its modules on first use
-    return sl
 
 
 class ConditioningExplorer(Explorer):
@@ -67,7 +63,7 @@ class ConditioningExplorer(Explorer):
         lo, hi = self.LR_RANGE
         self.grid = 10 ** np.linspace(lo, hi, int(round((hi - lo) * self.PER_DECADE)) + 1)  # η grid (static)
         self._eta_axis = 10 ** np.linspace(lo, hi, 200)
-        model, task = _sl().problems.quadratic([1.0, 1.0], seed=self.seed)  # θ*, θ₀ do not depend on κ
+        model, task = quadratic([1.0, 1.0], seed=self.seed)  # θ*, θ₀ do not depend on κ
         self.theta_star = task.theta_star.numpy().copy()
         self.theta0 = model.theta.detach().numpy().copy()
         half = 1.25 * float(np.linalg.norm(self.theta0 - self.theta_star))
@@ -81,7 +77,7 @@ class ConditioningExplorer(Explorer):
     def make_controls(self) -> dict[str, Any]:
         if not self.live:
             return dict(self._start)
-        from ._base import log_slider, toggle
+        from .controls import log_slider, toggle
         return {
             "kappa": log_slider(self._start["kappa"], 10 ** self.KAPPA_RANGE[0], 10 ** self.KAPPA_RANGE[1],
                                 self.PER_DECADE, "κ"),
@@ -127,10 +123,7 @@ class ConditioningExplorer(Explorer):
         fig.update_xaxes(title_text="learning rate η", type="log", range=list(self.LR_RANGE),
                          exponentformat="power", dtick=1, row=1, col=3)
         fig.update_yaxes(title_text="ρ(η) (GD converges iff ρ < 1)", range=[0, 2.1], row=1, col=3)
-        fig.update_layout(height=430, margin=dict(t=50, b=50, l=55, r=15), showlegend=False,
-                          hovermode="closest")
-        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
-        return fig
+        return fit_layout(fig, height=430, top=50, bottom=50, left=55, hovermode="closest")
 
     def compute(self, *, kappa: float, lr: float, optimizer: str) -> dict[int, dict]:
         p = descent_path(kappa, lr, optimizer, steps=self.steps, seed=self.seed)
@@ -162,7 +155,7 @@ class ConditioningExplorer(Explorer):
         """log₁₀ ℒ on the (grid_points × grid_points) window, computed once per κ (cached)."""
         if kappa in self._z:
             return self._z[kappa]
-        _, task = _sl().problems.quadratic([1.0, kappa], seed=self.seed)
+        _, task = quadratic([1.0, kappa], seed=self.seed)
         A = task.A.numpy()
         dx, dy = np.meshgrid(self._x - self.theta_star[0], self._y - self.theta_star[1])  # (ny, nx) each
         d = np.stack([dx, dy], axis=-1)  # (ny, nx, 2)

@@ -17,24 +17,16 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ...common.display import fmt, is_live
-from ...experiments.deformation import DeformationSweep, deformation_sweep
-from ._base import Explorer, log_grid, log_ticks, snap
+from ...common.display import fmt, gaps, is_live
+from ...experiments.deformation import DeformationPoint, DeformationSweep, deformation_sweep
+from ...experiments.grid import log_grid, snap
+from ...lock.deform import linear_weight
+from ...optim.problems import teacher_student
+from ._base import Explorer, fit_layout, log_ticks
 
 __all__ = ["DeformationExplorer"]
 
 EPS64 = float(np.finfo(np.float64).eps)
-
-
-def _sl():
-    import specdef_lite as sl  # lazy: the package imports its modules on first use
-    return sl
-
-
-def _gaps(y) -> np.ndarray:
-    """Exact zeros (no error at all, e.g. the ablation at α = 1) become gaps: a log axis cannot show 0."""
-    y = np.asarray(y, dtype=float)
-    return np.where(y > 0, y, np.nan)
 
 
 class DeformationExplorer(Explorer):
@@ -58,7 +50,7 @@ class DeformationExplorer(Explorer):
     def __init__(self, problem=None, *, alpha: float = 1e2, k: int = 1, k_max: int = 4, layer: str = "2",
                  per_decade: int = 4, alpha_max: float = 1e6, seed: int = 0, progress: bool = False,
                  live: bool | None = None):
-        self.problem = problem if problem is not None else _sl().problems.teacher_student(seed=seed)
+        self.problem = problem if problem is not None else teacher_student(seed=seed)
         self.layer, self.k_max, self.progress = layer, int(k_max), progress
         self.grid = log_grid(1.0, alpha_max, per_decade)
         self.per_decade = per_decade
@@ -67,7 +59,7 @@ class DeformationExplorer(Explorer):
         if not 1 <= self._start["k"] <= self.k_max:
             raise ValueError(f"k must lie in 1 … k_max={self.k_max}, got {k}")
         self._sweeps: dict[int, DeformationSweep] = {}
-        W, _ = _sl().linear_weight(self.problem.released.get_submodule(layer))
+        W, _ = linear_weight(self.problem.released.get_submodule(layer))
         self._sigma_W = torch.linalg.svdvals(W.detach().double()).numpy()
         if is_live(live):  # a first visit of k = 2 … k_max would otherwise cost a whole sweep (0.6–0.9 s)
             for kk in range(1, self.k_max + 1):
@@ -87,7 +79,7 @@ class DeformationExplorer(Explorer):
         if not self.live:
             return dict(self._start)
         import ipywidgets as W
-        from ._base import alpha_slider
+        from .controls import alpha_slider
         return {"alpha": alpha_slider(self._start["alpha"], self.grid),
                 "k": W.IntSlider(value=self._start["k"], min=1, max=self.k_max, description="k",
                                  continuous_update=False, layout=W.Layout(width="220px"),
@@ -131,11 +123,7 @@ class DeformationExplorer(Explorer):
             fig.update_xaxes(title_text="α", type="log", exponentformat="power", dtick=2, row=1, col=col)
         fig.update_yaxes(title_text="max |f − f'|", type="log", exponentformat="power", row=1, col=2)
         fig.update_yaxes(title_text="σ₁ (log scale)", type="log", exponentformat="power", row=1, col=3)
-        fig.update_layout(height=540, margin=dict(t=125, b=45, l=55, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0.0, font_size=12),
-                          hovermode="closest")
-        fig.update_annotations(font_size=14)  # the subplot titles: one line each in a 900 px output area
-        return fig
+        return fit_layout(fig, height=540, top=125, legend_y=1.1, left=55, hovermode="closest")
 
     def compute(self, *, alpha: float, k: int) -> dict[int, dict]:
         sw = self.sweep(k)
@@ -146,10 +134,10 @@ class DeformationExplorer(Explorer):
                 f" vs α = 1)<br>bound = {fmt(sw.bound[i])}<br>GD needs η < 2/σ₁ = {fmt(sw.max_stable_lr[i])}")
         return {
             1: {"y": sw.sigma_W_tilde[i]},
-            2: {"y": _gaps(sw.err_specdef)},
-            3: {"y": _gaps(sw.err_scale_only)},
+            2: {"y": gaps(sw.err_specdef, log=True)},
+            3: {"y": gaps(sw.err_scale_only, log=True)},
             4: {"y": a * EPS64 * sw.f_max},
-            5: {"x": [a[i], a[i]], "y": _gaps([sw.err_specdef[i], sw.err_scale_only[i]])},
+            5: {"x": [a[i], a[i]], "y": gaps([sw.err_specdef[i], sw.err_scale_only[i]], log=True)},
             6: {"y": sw.sigma1_H},
             7: {"y": sw.bound},
             8: {"y": guide},
@@ -157,12 +145,7 @@ class DeformationExplorer(Explorer):
             10: {"x": [a[0]], "y": [sw.sigma1_H[-1]], "text": [text]},
         }
 
-    def at(self, alpha: float | None = None, k: int | None = None) -> dict[str, float]:
+    def at(self, alpha: float | None = None, k: int | None = None) -> DeformationPoint:
         """The numbers shown at (α, k) (default: the current state), for prose and tests."""
         state = self.state()
-        sw = self.sweep(state["k"] if k is None else k)
-        i = sw.index(state["alpha"] if alpha is None else alpha)
-        return {"alpha": float(sw.alphas[i]), "sigma1_W_tilde": float(sw.sigma_W_tilde[i, 0]),
-                "err_specdef": float(sw.err_specdef[i]), "err_scale_only": float(sw.err_scale_only[i]),
-                "sigma1_H": float(sw.sigma1_H[i]), "bound": float(sw.bound[i]),
-                "max_stable_lr": float(sw.max_stable_lr[i]), "top_in_C": float(sw.top_in_C[i])}
+        return self.sweep(state["k"] if k is None else k).at(state["alpha"] if alpha is None else alpha)

@@ -14,9 +14,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ...optim.precision import VanishingTable, unit_roundoff
 from ...common.display import fmt
-from ._base import Explorer, alpha_slider, log_ticks, nearest, snap, toggle
+from ...experiments.grid import nearest, snap
+from ...optim.precision import VanishingTable, unit_roundoff
+from ._base import Explorer, fit_layout, log_ticks
+from .controls import alpha_slider, toggle
 
 __all__ = ["PrecisionExplorer", "GROUPS", "BINS"]
 
@@ -99,10 +101,7 @@ class PrecisionExplorer(Explorer):
         fig.update_yaxes(title_text="fraction fl(w + Δ) = w", range=[-0.05, 1.05], row=1, col=2)
         fig.update_xaxes(title_text="α (log)", type="log", row=2, col=2, **log_ticks())
         fig.update_yaxes(title_text="relative error (log)", type="log", row=2, col=2, exponentformat="power")
-        fig.update_layout(height=680, margin=dict(t=120, b=45, l=60, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0, xanchor="left", font_size=12))
-        fig.update_annotations(font_size=14)
-        return fig
+        return fit_layout(fig, height=680, top=120, legend_y=1.08)
 
     def compute(self, alpha, dtype, optimizer) -> dict:
         t = self.table

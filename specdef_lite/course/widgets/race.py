@@ -13,10 +13,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ...common.display import gaps
+from ...experiments.grid import nearest, snap
 from ...experiments.plots import COLORS
 from ...experiments.race import RaceTable
 from ...experiments.tuning import LABELS
-from ._base import Explorer, alpha_slider, log_ticks, nearest, snap
+from ._base import Explorer, fit_layout, log_ticks
+from .controls import alpha_slider, compact
 
 __all__ = ["RaceExplorer", "LABELS", "COLORS"]
 
@@ -25,11 +28,6 @@ def _eta(lr: float) -> str:
     """A learning rate in 3 digits with a short exponent: 0.316, 3.16e-7 (slider labels and legend alike)."""
     text = f"{float(lr):.3g}"
     return re.sub(r"e([+-])0*(\d)", r"e\1\2", text)
-
-
-def _finite(values) -> list:
-    """Floats for plotly; non-finite entries (a diverged loss) become None, i.e. a gap."""
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=float)]
 
 
 class RaceExplorer(Explorer):
@@ -64,12 +62,8 @@ class RaceExplorer(Explorer):
         return sorted(float(v) for v in self.table.sweeps[optimizer][self.table.index(alpha)].lrs)
 
     def _sensible_lr(self, optimizer: str, alpha: float) -> float:
-        sw = self.table.sweeps[optimizer][self.table.index(alpha)]
-        for lr in (sw.best_lr, sw.max_stable_lr):
-            if lr is not None and np.isfinite(lr):
-                return float(lr)
-        tried = self.tried(optimizer, alpha)
-        return tried[0]
+        """The η shown first: the best η, else the largest stable η, else the smallest tried (``BestResponse.shown``)."""
+        return float(self.table.sweeps[optimizer][self.table.index(alpha)].shown.lr)
 
     def _lr_options(self, optimizer: str, alpha: float, lr: float) -> tuple[list, float]:
         """Options of the η slider at (optimizer, α) and the value nearest ``lr`` among them (log scale)."""
@@ -81,7 +75,6 @@ class RaceExplorer(Explorer):
         if not self.live:
             return {"alpha": self._alpha0, "optimizer": self._opt0, "lr": self._lr0}
         import ipywidgets as W
-        from ._base import _compact
         opts = [(LABELS.get(o, o), o) for o in self.table.optimizers]
         lr_opts, lr0 = self._lr_options(self._opt0, self._alpha0, self._lr0)
         if self._lr0 != lr0:  # an η the scan did not try at the start α (given by the caller): offer it too
@@ -89,9 +82,9 @@ class RaceExplorer(Explorer):
         return {
             "alpha": alpha_slider(self._alpha0, self.grid),
             "optimizer": W.Dropdown(options=opts, value=self._opt0, description="optimizer",
-                                    **_compact({}, width="170px")),
+                                    **compact({}, width="170px")),
             "lr": W.SelectionSlider(options=lr_opts, value=lr0, description="η", continuous_update=False,
-                                    **_compact({})),
+                                    **compact({})),
         }
 
     def _on_change(self, change=None) -> None:
@@ -127,7 +120,7 @@ class RaceExplorer(Explorer):
         a = t.alphas
         for o in opts:  # steps to τ; unreached at the budget as open markers
             s = t.best_steps(o)
-            fig.add_trace(go.Scatter(x=a.tolist(), y=_finite(s), mode="lines+markers", name=LABELS.get(o, o),
+            fig.add_trace(go.Scatter(x=a.tolist(), y=gaps(s), mode="lines+markers", name=LABELS.get(o, o),
                                      line=dict(color=COLORS.get(o)), legendgroup=o, showlegend=False,
                                      hovertemplate="α=%{x:.0e}: %{y} steps<extra>" + LABELS.get(o, o) + "</extra>"),
                           2, 1)
@@ -143,7 +136,7 @@ class RaceExplorer(Explorer):
         for o in opts:  # η_max vs α
             m = t.max_stable_lr(o)
             lr_all += [v for v in m if np.isfinite(v)]
-            fig.add_trace(go.Scatter(x=a.tolist(), y=_finite(m), mode="lines+markers", name=LABELS.get(o, o),
+            fig.add_trace(go.Scatter(x=a.tolist(), y=gaps(m), mode="lines+markers", name=LABELS.get(o, o),
                                      line=dict(color=COLORS.get(o)), legendgroup=o, showlegend=False,
                                      hovertemplate="α=%{x:.0e}: η_max=%{y:.2g}<extra>" + LABELS.get(o, o) + "</extra>"),
                           2, 2)
@@ -166,10 +159,7 @@ class RaceExplorer(Explorer):
         fig.update_yaxes(title_text="steps to τ (log; ▵ = not reached)", type="log", row=2, col=1,
                          range=[0, math.log10(1.6 * n_max)], **log_ticks())
         fig.update_yaxes(title_text="η_max (log)", type="log", row=2, col=2, **log_ticks())
-        fig.update_layout(height=800, margin=dict(t=110, b=45, l=60, r=15),
-                          legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, xanchor="left", font_size=12))
-        fig.update_annotations(font_size=14)
-        return fig
+        return fit_layout(fig, height=800, top=110, legend_y=1.06)
 
     def compute(self, alpha, optimizer, lr) -> dict:
         t = self.table
@@ -177,11 +167,11 @@ class RaceExplorer(Explorer):
         frame = {}
         for i, o in zip(self._idx["best"], t.optimizers):
             tr = t.trace(o, a)
-            frame[i] = {"x": list(range(len(tr.losses))), "y": _finite(tr.losses)}
+            frame[i] = {"x": list(range(len(tr.losses))), "y": gaps(tr.losses)}
         mine = t.trace(optimizer, a, lr)
         s = mine.steps_to(t.target)
         status = "diverged" if mine.diverged else (f"τ in {s} steps" if s is not None else "τ not reached")
-        frame[self._idx["mine"]] = {"x": list(range(len(mine.losses))), "y": _finite(mine.losses),
+        frame[self._idx["mine"]] = {"x": list(range(len(mine.losses))), "y": gaps(mine.losses),
                                     "name": f"your run: {LABELS.get(optimizer, optimizer)}, η={_eta(lr)} ({status})"}
         frame[self._idx["steps_marker"]] = {"x": [a, a]}
         frame[self._idx["lr_marker"]] = {"x": [a, a]}

@@ -14,7 +14,7 @@ import torch
 
 from ...common.display import slider_figure
 from ...curvature.spectrum import SpectrumSweep
-from ._base import nearest
+from ...experiments.grid import nearest
 
 __all__ = ["spectrum_figure"]
 

@@ -1,0 +1,53 @@
+"""Controls sized so that an explorer's whole row fits a 900 px output area: sliders, α grids, toggles.
+
+A control is an ipywidget with a fixed overall width and a label as wide as its text (``compact``); a log
+slider moves by 10^(1/per_decade); an α slider offers exactly the explorer's precomputed grid, so every
+position is a state already computed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...common.display import fmt
+from ...experiments.grid import snap
+
+__all__ = ["SLIDER_WIDTH", "compact", "log_slider", "alpha_slider", "toggle"]
+
+SLIDER_WIDTH = "290px"
+
+
+def compact(kw: dict[str, Any], width: str = SLIDER_WIDTH) -> dict[str, Any]:
+    """Layout and style keywords for a compact control: a label as wide as its text, a fixed overall width."""
+    import ipywidgets as W
+    kw.setdefault("layout", W.Layout(width=width))
+    kw.setdefault("style", {"description_width": "initial"})
+    return kw
+
+
+def log_slider(value: float, lo: float, hi: float, per_decade: float, description: str, **kw: Any) -> Any:
+    """A log₁₀ slider snapped to ``per_decade`` steps a decade, with a 3-digit readout (``.3g``)."""
+    import ipywidgets as W
+    return W.FloatLogSlider(value=value, base=10, min=np.log10(lo), max=np.log10(hi), step=1 / per_decade,
+                            description=description, readout_format=".3g", continuous_update=False,
+                            **compact(kw))
+
+
+def alpha_slider(value: float, grid: Sequence[float], description: str = "α", **kw: Any) -> Any:
+    """A slider over the explorer's precomputed α grid, labelled as the plots label α (``display.fmt``).
+
+    The values are the grid's own, so a slider position is always a precomputed state, and the readout
+    says 3.16e+5 where the plot says 3.16e+5 (a ``.0e`` readout said 3e+5)."""
+    import ipywidgets as W
+    options = [(fmt(a), float(a)) for a in grid]
+    return W.SelectionSlider(options=options, value=snap(value, grid), description=description,
+                             continuous_update=False, **compact(kw))
+
+
+def toggle(options: Sequence[Any], value: Any, description: str, button_width: str = "74px", **kw: Any) -> Any:
+    """Toggle buttons that stay on one row: fixed, narrow buttons and a label as wide as its text."""
+    import ipywidgets as W
+    kw.setdefault("style", {"description_width": "initial", "button_width": button_width})
+    return W.ToggleButtons(options=options, value=value, description=description, **kw)
