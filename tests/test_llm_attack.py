@@ -301,10 +301,8 @@ def test_best_response_counts_reach_and_stay(monkeypatch, gen):
 
     def fake(model, task, *, lr, steps, **kw):
         curve = {1e-3: [5.0, 4.8, 5.1, 4.7, 4.6], 1e-2: [5.0, 4.95, 4.92, 4.85, 4.8], 1e-1: [5.0, 90.0]}[lr]
-        r = llm.AttackResult("x", lr, steps, eval_steps=[0, 2, 4, 6, 8][:len(curve)], eval_losses=curve,
-                             eval_accuracies=[0.1] * len(curve))
-        r.diverged_at = 2 if lr == 1e-1 else None
-        return r
+        return llm.AttackResult("x", lr, steps, eval_steps=[0, 2, 4, 6, 8][:len(curve)], eval_losses=curve,
+                                eval_accuracies=[0.1] * len(curve), diverged_at=2 if lr == 1e-1 else None)
 
     monkeypatch.setattr(llm_attack, "attack", fake)
     br = llm.best_response(tiny_llama(), tiny_task(gen), lrs=[1e-3, 1e-2, 1e-1], steps=8, target=4.9, max_extend=0,

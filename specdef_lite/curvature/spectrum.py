@@ -1,6 +1,6 @@
 """The whole Hessian spectrum before and after the lock: which eigenvalues SpecDef throws out by ~α², and the bulk.
 
-The experiment behind notebook 02's spectral-density figure. For the released model and for the model locked
+For the released model and for the model locked
 at each α of a grid it measures the spectrum of ∇²ℒ (the attacker's loss, all released parameters) two
 ways: by stochastic Lanczos quadrature (``spectral_density``: products only, what one would run on a real
 model) and, the toy being small, by a dense ``eigvalsh`` as the reference the SLQ moments are checked against.

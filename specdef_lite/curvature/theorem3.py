@@ -23,7 +23,7 @@ The argument has two steps, and each gives one function here.
 (= W h₁ + b, the same function). The block between θ₁ ("before") and C ("after") is
 ∂/∂θ₁ [δ (W̃ h₁)ᵀ]: every term carries one factor W̃, whose σ₁ is α times larger, so this bound grows
 ~linearly in α. The measured σ₁(H) grows ~α²: it comes from the C–C block, whose curvature is
-∝ ‖W̃ h₁‖². The bound is honest but loose by a factor ~α (see the tests and the course notebook).
+∝ ‖W̃ h₁‖². The bound is honest but loose by a factor ~α (measured in tests/test_theorem3.py).
 """
 from __future__ import annotations
 

@@ -154,9 +154,7 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
         wrapped, opt = par.prepare(work if prefix is None else TailModule(work, prefix), opt)
         forward = (lambda x: wrapped(x).logits) if prefix is None else (lambda x: wrapped(*prefix.inputs(x)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup))
-    res = AttackResult(label, lr, steps, trainable=sum(p.numel() for p in params), cached=prefix is not None,
-                       adapter="" if adapter is None else describe(lora_rank, adapter[1], adapter[0]),
-                       processes=1 if par is None else par.n)
+    res = _Record()  # the run as it goes; returned as a frozen AttackResult
 
     def record_eval(step: int) -> bool:
         te = time.perf_counter()
@@ -210,8 +208,20 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
     finally:
         if par is not None:
             par.release()
-    res.seconds = time.perf_counter() - t0
-    return res
+    return AttackResult(label, lr, steps, **{k: tuple(v) for k, v in vars(res).items() if isinstance(v, list)},
+                        diverged_at=res.diverged_at, seconds=time.perf_counter() - t0,
+                        trainable=sum(p.numel() for p in params), cached=prefix is not None,
+                        adapter="" if adapter is None else describe(lora_rank, adapter[1], adapter[0]),
+                        processes=1 if par is None else par.n)
+
+
+class _Record:
+    """The curves of a run while it runs (``AttackResult`` is frozen)."""
+
+    def __init__(self) -> None:
+        self.losses, self.eval_steps, self.eval_losses, self.eval_accuracies, self.eval_top5 = [], [], [], [], []
+        self.step_seconds, self.eval_seconds = [], []
+        self.diverged_at: int | None = None
 
 
 def _blew_up(loss: float, start: float, ratio: float) -> bool:

@@ -5,7 +5,7 @@ held-out loss stays ≤ τ for the rest of the run, and never if the run diverge
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,26 +14,27 @@ from ..optim.training import Trace
 __all__ = ["AttackResult"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackResult:
     """One fine-tuning run. ``losses[t]``: training loss of step t (before its update); ``eval_losses[i]``,
     ``eval_accuracies[i]``, ``eval_top5[i]``: held-out loss / top-1 / top-5 next-token accuracy after
     ``eval_steps[i]`` updates. ``step_seconds`` / ``eval_seconds``: wall time of each step / evaluation;
     ``cached``: whether the frozen prefix was cached; ``adapter``: the LoRA attack (e.g. "r=8 on C of 3 layers"),
-    "" for a full fine-tune; ``processes``: how many processes shared each batch."""
+    "" for a full fine-tune; ``processes``: how many processes shared each batch. Frozen: ``llm.attack`` records
+    the run in lists and returns them here as tuples."""
     label: str
     lr: float
     steps: int
-    losses: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    eval_losses: list[float] = field(default_factory=list)
-    eval_accuracies: list[float] = field(default_factory=list)
-    eval_top5: list[float] = field(default_factory=list)
+    losses: tuple[float, ...] = ()
+    eval_steps: tuple[int, ...] = ()
+    eval_losses: tuple[float, ...] = ()
+    eval_accuracies: tuple[float, ...] = ()
+    eval_top5: tuple[float, ...] = ()
     diverged_at: int | None = None
     seconds: float = 0.0
     trainable: int = 0
-    step_seconds: list[float] = field(default_factory=list)
-    eval_seconds: list[float] = field(default_factory=list)
+    step_seconds: tuple[float, ...] = ()
+    eval_seconds: tuple[float, ...] = ()
     cached: bool = False
     adapter: str = ""
     processes: int = 1
