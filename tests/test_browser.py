@@ -1,4 +1,4 @@
-"""Real browser: the course as a student sees it — every explorer of notebooks 00–06 driven in JupyterLab.
+"""Real browser: the course as a student sees it — every explorer of notebooks 00–07 driven in JupyterLab.
 
 What the papermill harness cannot see: the live explorers (ipywidgets + plotly ``FigureWidget``) rendered
 by JupyterLab in headless Chromium, every control pressed or clicked the way a student does, the kernel's
@@ -87,7 +87,8 @@ IDLE_WHILE_QUEUED_MS = 2000  # between two queued cells the kernel is idle for a
 # Sizes beyond a notebook's test_parameters, for the browser only: notebook 06 trains a real LLM, and
 # here it is driven for its look (progress bars, console, reopen), not its lesson — test_notebooks.py
 # asserts that. Its lesson cell (the last, asserting) is left out of the browser's copy.
-BROWSER_PARAMETERS = {"06_real_llm": {"lrs": [1e-05], "steps": 2, "eval_every": 1, "alphas": [10000.0]}}
+BROWSER_PARAMETERS = {"06_real_llm": {"lrs": [1e-05], "steps": 2, "eval_every": 1, "alphas": [10000.0]},
+                      "07_lora_attacks": {"steps": 2, "eval_every": 1}}  # no explorer: progress and figure only
 
 
 def _require_browser():

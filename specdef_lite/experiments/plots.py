@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from .tuning import LABELS
 
 __all__ = ["COLORS", "PALETTE", "loss_curves_figure", "kappa_figure", "slowdown_figure", "bill_figure",
-           "start_figure"]
+           "start_figure", "placements_figure"]
 
 COLORS = {"sgd": "#1f77b4", "adam": "#ff7f0e", "newton": "#2ca02c", "sophia": "#d62728", "muon": "#9467bd",
           "GD": "#1f77b4", "GD best": "#17becf", "Adam": "#ff7f0e", "Newton": "#2ca02c"}
@@ -195,4 +195,38 @@ def start_figure(f: np.ndarray, f_locked: np.ndarray, runs: Mapping[str, tuple],
     fig.update_xaxes(title_text="gradient-descent step", row=1, col=2)
     fig.update_yaxes(title_text="harmful loss (MSE)", type="log", exponentformat="power", row=1, col=2)
     fig.update_layout(height=460, legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
+def placements_figure(responses: Mapping[str, object], reference: str, *, title: str = "") -> go.Figure:
+    """Two panels from {attack label: ``BestResponse``}: steps to τ against η for every learning rate tried (left;
+    ✕ diverged, open ▵ at B + 1 not reached), and each attack's best-response slowdown against ``reference``'s best
+    (right, log; open ▵ and "≥" where it never reached τ: a lower bound)."""
+    ref = responses[reference]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.14,
+                        subplot_titles=("steps to τ against the learning rate η", f"slowdown against {reference}, each at its best η"))
+    labels = list(responses)
+    for j, label in enumerate(labels):
+        br, color = responses[label], PALETTE[j % len(PALETTE)] if j < len(PALETTE) else "#7f7f7f"
+        ys = [o.steps if o.steps is not None else br.budget + 1 for o in br.outcomes]
+        symbols = ["x" if o.diverged else "circle" if o.steps is not None else "triangle-up-open" for o in br.outcomes]
+        fig.add_trace(go.Scatter(x=br.lrs, y=ys, mode="lines+markers", name=label, legendgroup=label,
+                                 line=dict(color=color), marker=dict(symbol=symbols, size=10, color=color)), 1, 1)
+        ratio = br.lower_bound / ref.lower_bound
+        text = f"{'≥ ' if not br.reached else ''}{ratio:.2g}×"
+        fig.add_trace(go.Scatter(x=[ratio], y=[label], mode="markers+text", text=[text], textposition="middle right",
+                                 showlegend=False, legendgroup=label,
+                                 marker=dict(size=12, color=color, symbol="circle" if br.reached else "triangle-up-open")),
+                      1, 2)
+    fig.add_trace(go.Scatter(x=[1.0, 1.0], y=[labels[0], labels[-1]], mode="lines", line=dict(color="grey", dash="dot"),
+                             showlegend=False, hoverinfo="skip"), 1, 2)
+    fig.add_hline(y=ref.budget + 1, line_dash="dot", line_color="grey", row=1, col=1,
+                  annotation_text="B + 1: not reached (▵) / diverged (✕)")
+    top = max(br.lower_bound / ref.lower_bound for br in responses.values())
+    fig.update_xaxes(type="log", title_text="learning rate η", exponentformat="power", row=1, col=1)
+    fig.update_yaxes(title_text="steps to reach and stay below τ", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="slowdown (1×: not slowed)", range=[-0.5, np.log10(max(top, 1.0)) + 0.6],
+                     row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=2)
+    fig.update_layout(height=460, width=1000, title=title, legend=dict(orientation="h", y=-0.2))
     return fig

@@ -38,7 +38,7 @@ from ..lock.deform import SpecDefLinear, deformed_layers, specdef
 from ..lock.guards import MAX_BYTES, MAX_ERROR, check_model, forward_error_estimate, real_number, resolve_dtype
 from ..lock.targets import is_conv1d, set_module
 from .finetune import AttackResult, attack, attack_grid, attack_params, best_response, prefix_for
-from .tables import table1, to_markdown
+from .tables import response_rows, table1, to_markdown
 from .data import (Eval, TextTask, batches, data_dir, evaluate, lm_loss, paper_results, play_text,
                    shakespeare_plays, shakespeare_task)
 from .prefix import FrozenPrefix, tail_loss
@@ -52,7 +52,7 @@ __all__ = [
     "match_targets", "lock", "fuse_to_base", "LogitChange", "logit_change",
     # re-exported from llm.data / llm.finetune / llm.tables
     "shakespeare_plays", "play_text", "shakespeare_task", "TextTask", "batches", "evaluate", "Eval",
-    "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown",
+    "attack", "attack_grid", "attack_params", "AttackResult", "table1", "to_markdown", "response_rows",
     "best_response", "prefix_for", "data_dir", "paper_results", "FrozenPrefix", "lm_loss", "tail_loss",
 ]
 

@@ -9,10 +9,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ..experiments.best_response import BestResponse, slowdown
+
 if TYPE_CHECKING:  # only for the annotation: tables needs nothing of finetune at run time
     from .finetune import AttackResult
 
-__all__ = ["table1", "to_markdown"]
+__all__ = ["table1", "to_markdown", "response_rows"]
 
 
 _METRICS = {"loss": "eval_losses", "accuracy": "eval_accuracies", "top5": "eval_top5"}
@@ -59,3 +61,20 @@ def to_markdown(rows: Sequence[Mapping[str, object]]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def response_rows(responses: Mapping[str, BestResponse], reference: str) -> list[dict[str, str]]:
+    """One row per attack {label: ``BestResponse``}: steps to τ at its best η, η*, the range tried, whether the best
+    is bracketed, the trained parameters and the slowdown against ``reference``'s best ("≥": never reached τ)."""
+    ref = responses[reference]
+    rows = []
+    for label, br in responses.items():
+        shown = br.shown.result if br.shown is not None else None
+        rows.append({"attack": label,
+                     "steps to τ at η*": str(br.best_steps) if br.reached else f"≥ {br.lower_bound} (not reached)",
+                     "η*": f"{br.best_lr:.3g}" if br.reached else "—",
+                     "η tried": f"{br.lrs.min():.2g} … {br.lrs.max():.2g} ({len(br.outcomes)})",
+                     "bracketed": "yes" if br.bracketed else "no",
+                     "trained parameters": f"{shown.trainable:,}" if shown is not None else "—",
+                     "slowdown": "1× (reference)" if label == reference else slowdown(br, ref).summary()})
+    return rows
