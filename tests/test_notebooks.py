@@ -13,7 +13,6 @@ kernelspec its metadata names, exactly as such a Jupyter would.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 

@@ -1,5 +1,4 @@
 """Theorem 3 (PAPER.md): a rigorous lower bound on σ₁ from a product A·B·C and from a Hessian cross-block."""
-import math
 
 import numpy as np
 import pytest

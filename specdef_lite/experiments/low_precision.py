@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..lock.deform import specdef
 from ..optim.precision import LAWS, VanishingTable, as_dtype, step_table, task_in

@@ -42,8 +42,7 @@ from .prefix import FrozenPrefix, first_block, working_copy
 from .targets import lora_layers
 from .result import AttackResult
 
-__all__ = ["AttackResult", "attack_params", "attack", "attack_grid", "best_response", "prefix_for", "table1",
-           "to_markdown"]
+__all__ = ["AttackResult", "attack_params", "attack", "attack_grid", "best_response", "prefix_for"]
 
 
 def attack_params(model: nn.Module, blocks: Sequence[int] = (-1,), *, injected_only: bool = False) -> list[str]:
