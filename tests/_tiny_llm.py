@@ -4,11 +4,12 @@ import transformers
 
 
 def tiny(seed=0, vocab=97, hidden=32, layers=3):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True, attn_implementation="eager")
-    return transformers.LlamaForCausalLM(cfg).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG: leave it as found
+        torch.manual_seed(seed)
+        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=48,
+                                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                       max_position_embeddings=64, tie_word_embeddings=True, attn_implementation="eager")
+        return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def char_tokenizer():

@@ -46,3 +46,11 @@ def test_context_keywords_are_checked():
         check("01.stable_step", 0.04, lammax=50)
     with pytest.raises(ValueError, match="unknown exercise None"):
         check(None, 1)
+
+
+def test_stable_step_checks_the_question_it_was_given():
+    assert check("01.stable_step", 4.0, lam_max=0.5)  # η_max = 2/λ_max = 4, not 2/1
+    assert not check("01.stable_step", 2.0, lam_max=0.5)
+    with pytest.raises(ValueError, match="lam_max must be a positive finite number"):
+        check("01.stable_step", 0.04, lam_max=0)
+

@@ -250,3 +250,29 @@ def test_checkpoint_writes_single_files_atomically(tmp_path):
     assert target.read_text() == "[2]\n" and [p.name for p in target.parent.iterdir()] == ["curves.json"]
     with pytest.raises(ValueError, match="is a folder"):
         checkpoint.atomic_file(tmp_path, "x")
+
+
+def _random_task(n=12, seq_len=8, vocab=97):
+    tokens = torch.randint(vocab, (n, seq_len), generator=torch.Generator().manual_seed(0))
+    return llm.TextTask("random", ("random",), seq_len, tokens[:8], tokens[8:10], tokens[10:])
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(lr=float("inf")), "lr must be a positive finite number"),
+    (dict(lr=float("nan")), "lr must be a positive finite number"),
+    (dict(eval_every=0), "eval_every must be a positive finite integer"),
+    (dict(steps=2.5), "steps must be a positive finite integer"),
+    (dict(blocks=[9]), "block 9 out of range: the model has 3 blocks"),
+    (dict(blocks=[-4]), "block -4 out of range"),
+    (dict(blocks=[]), "blocks must be a non-empty list"),
+])
+def test_attack_refuses_what_it_cannot_run_in_one_sentence(bad, says):
+    kw = dict(lr=1e-3, steps=2, batch_size=2, eval_every=1, progress=False) | bad
+    with pytest.raises(ValueError, match=says):  # before: ZeroDivisionError, a silent wrap to block 0, a run at η = inf
+        llm.attack(tiny(seed=1), _random_task(), **kw)
+
+
+def test_shakespeare_task_names_a_missing_tokenizer():
+    with pytest.raises(ValueError, match="tokenizer must have encode"):
+        llm.shakespeare_task(None, "macbeth", seq_len=16)
+

@@ -24,8 +24,13 @@ def _stable_step(answer, lam_max: float = 50.0, eigenvalues=None) -> Feedback:
     if (missing := unanswered("01.stable_step", answer)) is not None:
         return missing
     from ..curvature.eigen import top_eigenvalues
+    from ..lock.guards import real_number
     from ..optim.problems import quadratic
-    lam = [1.0, float(lam_max)] if eigenvalues is None else [float(x) for x in eigenvalues]
+    if eigenvalues is None:  # λ_max is the question's: a positive finite number, the top of the quadratic
+        lam_max = real_number("lam_max", lam_max)
+        lam = [min(1.0, lam_max), lam_max]
+    else:
+        lam = [float(x) for x in eigenvalues]
     _, task = quadratic(lam, seed=0)
     top = float(top_eigenvalues(task.A, which="LA").values[0])  # λ_max of ∇²ℒ = A
     expected = 2.0 / top

@@ -24,9 +24,22 @@ def log_grid(lo: float = 1.0, hi: float = 1e6, per_decade: float = 4) -> np.ndar
 
 
 def nearest(grid: Sequence[float], value: float) -> int:
-    """argminᵢ |log₁₀ gridᵢ − log₁₀ value|: the index of the grid point nearest on a log scale."""
+    """argminᵢ |log₁₀ gridᵢ − log₁₀ value|: the index of the grid point nearest on a log scale.
+
+    >>> nearest([1, 10, 100], 40)
+    2
+    >>> nearest([1, 10, 100], 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: a log-scale grid needs a finite value > 0, got 0.0
+    """
     g = np.asarray(grid, dtype=float)
-    return int(np.argmin(np.abs(np.log10(g) - np.log10(float(value)))))
+    v = float(value)
+    if not (np.isfinite(v) and v > 0):  # log10 would give -inf or NaN, and argmin a silent index 0
+        raise ValueError(f"a log-scale grid needs a finite value > 0, got {v}")
+    if g.size == 0 or not np.all(np.isfinite(g) & (g > 0)):
+        raise ValueError(f"a log-scale grid needs finite points > 0, got {list(g)}")
+    return int(np.argmin(np.abs(np.log10(g) - np.log10(v))))
 
 
 def snap(value: float, grid: Sequence[float]) -> float:

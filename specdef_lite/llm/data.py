@@ -118,8 +118,11 @@ def shakespeare_task(tokenizer, play: str = "macbeth", *, seq_len: int = 128, he
         utility: number of blocks of other text, taken evenly from ``utility_plays``.
         seed: chooses the held-out blocks.
     """
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise ValueError(f"tokenizer must have encode(text) -> token ids (a Hugging Face tokenizer), got {tokenizer!r}: "
+                         f"the model folder may have no tokenizer files")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
     if play in utility_plays:
         raise ValueError(f"utility text must differ from the fine-tuning play {play!r}")
     blocks = _blocks(_encode(tokenizer, play_text(play)), seq_len)

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..common.display import progress_disabled
 from ..experiments.best_response import BestResponse, Outcome, search
+from ..lock.guards import real_number
 from ..lock.lora import describe, is_adapter, lora
 from .data import Eval, TextTask, batches, evaluate, lm_loss
 from .parallel import Parallel, TailModule, fsdp_requested, world_size
@@ -53,9 +54,9 @@ def attack_params(model: nn.Module, blocks: Sequence[int] = (-1,), *, injected_o
     carries LoRA adapters (a peft model, ``lora.lora``) only the adapters of those blocks train: its base weights
     stay frozen, as peft left them.
     """
-    from .targets import blocks_of
+    from .targets import block_indices, blocks_of
     prefix, layers = blocks_of(model)
-    chosen = {f"{prefix}.{b % len(layers)}." for b in blocks}
+    chosen = {f"{prefix}.{b}." for b in block_indices(blocks, len(layers))}
     adapters = any(is_adapter(n) for n, _ in model.named_parameters())
     names = []
     for n, _ in model.named_parameters():
@@ -111,8 +112,9 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
     Returns:
         An ``AttackResult`` (losses per step, held-out curve, ``diverged_at``, ``steps_to(target)``).
     """
-    if steps < 1 or lr <= 0:
-        raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
+    lr = real_number("lr", lr)  # a finite η > 0: inf or NaN would train nothing and report it as a run
+    steps, batch_size, eval_every = (real_number(n, v, integer=True) for n, v in
+                                     (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)))
     t0 = time.perf_counter()
     names = attack_params(model, blocks, injected_only=injected_only)
     adapter = None

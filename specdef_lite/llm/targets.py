@@ -12,7 +12,20 @@ from ..lock.deform import SpecDefLinear, deformed_layers
 from ..lock.guards import real_number
 from ..lock.targets import is_linear
 
-__all__ = ["blocks_of", "default_kinds", "target_names", "match_targets", "lora_layers"]
+__all__ = ["block_indices", "blocks_of", "default_kinds", "target_names", "match_targets", "lora_layers"]
+
+
+def block_indices(blocks: Sequence[int], n: int) -> list[int]:
+    """Each of ``blocks`` as an index 0 … n−1 (negative counts from the end), or a ValueError naming the range."""
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
+        raise ValueError(f"blocks must be a non-empty list of block indices, got {blocks!r}")
+    out = []
+    for b in blocks:
+        b = real_number("block index", b, positive=False, integer=True)
+        if not -n <= b < n:
+            raise ValueError(f"block {b} out of range: the model has {n} blocks (0 … {n - 1}, or -1 … -{n} from the end)")
+        out.append(b % n)
+    return out
 
 
 def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -47,11 +60,8 @@ def target_names(model: nn.Module, blocks: Sequence[int] = (-3, -2, -1),
     if isinstance(kinds, str) or not all(isinstance(k, str) and k for k in kinds):
         raise ValueError(f"kinds must be a list of layer-name suffixes, got {kinds!r}")
     out = []
-    for b in blocks:
-        b = real_number("block index", b, positive=False, integer=True)
-        if not -len(layers) <= b < len(layers):
-            raise ValueError(f"block {b} out of range: the model has {len(layers)} blocks")
-        base = f"{prefix}.{b % len(layers)}"
+    for b in block_indices(blocks, len(layers)):
+        base = f"{prefix}.{b}"
         for n, m in model.get_submodule(base).named_modules():
             if n and (is_linear(m) or isinstance(m, SpecDefLinear)) and any(n == k or n.endswith("." + k) for k in kinds):
                 out.append(f"{base}.{n}")
@@ -86,7 +96,7 @@ def lora_layers(model: nn.Module, blocks: Sequence[int], on: str | None = None,
     Explicit ``targets`` must lie inside ``blocks``, so that the adapters train in the cached tail.
     """
     prefix, layers = blocks_of(model)
-    chosen = sorted({b % len(layers) for b in blocks})
+    chosen = sorted(set(block_indices(blocks, len(layers))))
 
     def inside(n: str) -> bool:
         head, _, rest = n.partition(prefix + ".")
