@@ -9,9 +9,9 @@ formatters keep the same number looking the same in every notebook.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["e10", "pct", "steps", "at_least", "count", "listing"]
+__all__ = ["e10", "pct", "steps", "at_least", "count", "listing", "to_markdown"]
 
 
 def e10(a: float) -> str:
@@ -75,3 +75,20 @@ def listing(items: Iterable[object], *, code: bool = False, sep: str = ", ", emp
     """
     text = sep.join(f"`{x}`" if code else str(x) for x in items)
     return text or empty
+
+
+def to_markdown(rows: Sequence[Mapping[str, object]]) -> str:
+    """A list of dict rows (same keys) as a Markdown table, for ``IPython.display.Markdown``.
+
+    Example:
+        >>> print(to_markdown([{"model": "original", "lr 1e-05": "20 / 4.31"}]))
+        | model | lr 1e-05 |
+        |---|---|
+        | original | 20 / 4.31 |
+    """
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..experiments.best_response import BestResponse, slowdown
+from ..experiments.text import to_markdown  # noqa: F401 - llm.to_markdown, Table 1's format
 
 if TYPE_CHECKING:  # only for the annotation: tables needs nothing of finetune at run time
     from .finetune import AttackResult
@@ -44,23 +45,6 @@ def table1(results: Mapping[str, Mapping[float, AttackResult]], target: float, *
                 row[f"lr {lr:g}"] = f"{'—' if s is None else s} / {value}"
         rows.append(row)
     return rows
-
-
-def to_markdown(rows: Sequence[Mapping[str, object]]) -> str:
-    """A list of dict rows (same keys) as a Markdown table, for ``IPython.display.Markdown``.
-
-    Example:
-        >>> print(to_markdown([{"model": "original", "lr 1e-05": "20 / 4.31"}]))
-        | model | lr 1e-05 |
-        |---|---|
-        | original | 20 / 4.31 |
-    """
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def response_rows(responses: Mapping[str, BestResponse], reference: str) -> list[dict[str, str]]:
