@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from specdef_lite.common.checkpoint import atomic_file
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 SECTION = re.compile(r"<!-- begin (\S+) -->\n(.*?)<!-- end \1 -->\n", re.S)
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> int:
     rows = [f"| {row} |" for name in order for row in SUMMARY.findall(sections[name])]
     parts = [HEADER + "\n".join(rows) + "\n"]
     parts += [f"<!-- begin {name} -->\n{sections[name]}<!-- end {name} -->\n" for name in order]
-    RESULTS.write_text("\n".join(parts))
+    atomic_file(RESULTS, "\n".join(parts))  # beside RESULTS.md, then renamed: an interrupted run keeps the old file
     print(f"wrote {RESULTS}", file=sys.stderr)
     return 1 if failed else 0
 
