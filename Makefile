@@ -12,6 +12,8 @@ ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # make book: test (each notebook's small test_parameters, reusing fresh build/executed/ copies from make test)
 # or default (the notebooks' own parameters, as students run them; slower)
 BOOK_PARAMS ?= test
+# make test's workers: the cores, at most 4 (each worker may hold SmolLM2, ~3 GB)
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: venv lab test test-fast book bench clean
 
@@ -37,10 +39,11 @@ lab: venv
 	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(BIN)/jupyter lab $(ROOTFLAG) --LabApp.default_url=$(LAB_URL)
 
 test: venv
-	$(BIN)/python -m pytest
-	# nbval (lax: errors only) over the course as papermill just executed it, with its test parameters
-	SPECDEF_LITE_HEADLESS=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) \
-		-o addopts="" -o testpaths="" build/executed/0[0-5]_*.ipynb
+	# everything but the browser on TEST_JOBS workers (pytest-xdist): tests/conftest.py keeps the course, nbval
+	# over it and the book in one worker, in that order, and starts that longest chain first
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder -m "not browser"
+	# the real browser alone: anywidget fails a widget whose front end takes over 2 s to load, as on a busy box
+	$(BIN)/python -m pytest -m browser tests/test_browser.py
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not browser" --ignore=tests/test_notebooks.py

@@ -13,6 +13,9 @@ kernelspec its metadata names, exactly as such a Jupyter would.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,3 +71,25 @@ def test_notebook_executes(path, monkeypatch):
     assert "widgets" not in nb["metadata"] or not nb["metadata"]["widgets"], "executed notebook carries widget state"
     (EXECUTED / f"{path.stem}.seconds").write_text(f"{seconds:.2f}\n")
     print(f"{path.name}: {seconds:.1f} s")
+
+
+COURSE = [p for p in NOTEBOOKS if int(p.name[:2]) <= 5]  # the toy notebooks (06 and 07 train a language model)
+
+
+def test_nbval_over_the_executed_course():
+    """nbval in lax mode (a cell that raises fails it) re-runs the course exactly as papermill executed it above.
+
+    It runs in its own pytest process (nbval collects notebooks, not test modules), on the venv's kernelspec,
+    headless. Here rather than as a second command of ``make test``: the course's tests share one pytest-xdist
+    worker in this order, so nbval overlaps with the rest of the suite instead of running after it.
+    """
+    executed = [EXECUTED / p.name for p in COURSE]
+    missing = [p.name for p in executed if not p.exists()]
+    assert not missing, f"not executed above: {missing}"
+    cmd = [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "--nbval-kernel-name", KERNEL,
+           "-o", "addopts=", "-o", "testpaths=", "-p", "no:cacheprovider", "-p", "no:xdist", *map(str, executed)]
+    env = {**os.environ, "SPECDEF_LITE_HEADLESS": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    print(run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "")
+    assert run.returncode == 0, f"nbval failed (rc {run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}"
+    assert " passed" in run.stdout, run.stdout[-2000:]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from specdef_lite.common.checkpoint import atomic_file, exclusive
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 COURSE = [p for p in NOTEBOOKS if int(p.name[:2]) <= 5]  # the toy notebooks: every one tags its lesson cell
@@ -108,8 +110,8 @@ def test_try_this_runs(path, i, entry, kernel, tmp_path):
     pm.execute_notebook(_prepared(path, entry), str(tmp_path / path.name), parameters=params, kernel_name=KERNEL,
                         km=kernel, cwd=str(path.parent), progress_bar=False, log_output=False)
     seconds = time.perf_counter() - t0
-    TIMES.parent.mkdir(parents=True, exist_ok=True)
-    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
-    times[f"{path.stem}[{i}] {entry['label']}"] = round(seconds, 2)
-    TIMES.write_text(json.dumps(times, indent=1, ensure_ascii=False) + "\n")
+    with exclusive(TIMES):  # test workers (pytest-xdist) add their runs to the same table
+        times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+        times[f"{path.stem}[{i}] {entry['label']}"] = round(seconds, 2)
+        atomic_file(TIMES, json.dumps(times, indent=1, ensure_ascii=False) + "\n")
     print(f"{path.stem} · {entry['label']}: {seconds:.1f} s")

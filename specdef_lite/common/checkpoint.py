@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["safetensors_header", "read_json", "atomic_folder", "atomic_file", "strict_json", "fault_point",
+__all__ = ["safetensors_header", "read_json", "atomic_folder", "atomic_file", "exclusive", "strict_json", "fault_point",
            "check_locked_folder", "recover", "MODEL_FILES"]
 
 _counter = itertools.count()
@@ -223,6 +223,30 @@ def atomic_file(target: str | os.PathLike, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike) -> Iterator[None]:
+    """``with exclusive(out):`` one process at a time for ``out`` (an advisory ``flock`` on ``out.lock``).
+
+    For writers that read before they write (a table several processes add to) and for expensive one-time
+    work (a model conversion two notebooks may start at once): the second process waits, then sees the
+    first one's result. Where ``fcntl`` is missing (Windows) it does not lock.
+    """
+    lock = Path(target).expanduser()
+    lock = lock.with_name(lock.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def check_locked_folder(folder: Path, meta: dict | None, weights_file: str) -> dict | None:

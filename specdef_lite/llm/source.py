@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.checkpoint import atomic_folder, recover, safetensors_header
+from ..common.checkpoint import atomic_folder, exclusive, recover, safetensors_header
 
 __all__ = ["DEFAULT_MODEL", "INSTALL_HINT", "WEIGHTS_FILE", "cache_dir", "smollm2_gguf", "convert_gguf",
            "default_model_dir", "resolve_device", "model_path", "quiet_hub_bars"]
@@ -79,14 +79,15 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 def default_model_dir() -> Path:
     """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
     out = cache_dir() / DEFAULT_MODEL
-    if (out / "config.json").is_file() and (out / WEIGHTS_FILE).is_file():
-        try:
-            safetensors_header(out / WEIGHTS_FILE)
-            return out
-        except ValueError as e:  # a damaged cache (e.g. from an older, non-atomic version): convert again
-            import warnings
-            warnings.warn(f"the cached {DEFAULT_MODEL} is damaged ({e}); converting it again", stacklevel=2)
-    return convert_gguf(smollm2_gguf(), out)
+    with exclusive(out):  # two notebooks (or test workers) starting at once convert it once
+        if (out / "config.json").is_file() and (out / WEIGHTS_FILE).is_file():
+            try:
+                safetensors_header(out / WEIGHTS_FILE)
+                return out
+            except ValueError as e:  # a damaged cache (e.g. from an older, non-atomic version): convert again
+                import warnings
+                warnings.warn(f"the cached {DEFAULT_MODEL} is damaged ({e}); converting it again", stacklevel=2)
+        return convert_gguf(smollm2_gguf(), out)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
