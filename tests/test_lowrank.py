@@ -80,3 +80,27 @@ def test_orthonormalise_of_a_well_separated_block_skips_the_third_pass(gen, monk
     assert len(calls) == 1
     assert float((basis.T @ Q).abs().max()) <= 1e-12
     torch.testing.assert_close(Q.T @ Q, torch.eye(q, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+@pytest.mark.parametrize("alpha", [1e-7, 1e-3, 0.5, 3.0, 1e4, 1e7])
+def test_peaks_let_check_overflow_skip_its_pass_without_changing_its_verdict(gen, dtype, alpha):
+    """W̃'s peak is exactly max |entry| as stored, C's bounds it; check_overflow with them refuses (or not) with
+    the very message it gives after reading both tensors itself."""
+    from specdef_lite.lock.guards import check_overflow
+    W = torch.randn(150, 70, generator=gen) * 3
+    U, _, _ = top_k_krylov(W, 2)
+    W_tilde, C, (peak_w, bound_c) = deformed_pair(W, U, alpha, dtype, peaks=True)
+    W2, C2 = deformed_pair(W, U, alpha, dtype)
+    assert torch.equal(W_tilde, W2) and torch.equal(C, C2)
+    assert peak_w == float(W_tilde.double().abs().max())
+    assert bound_c >= float(C.double().abs().max()) or bound_c >= torch.finfo(dtype).max  # a bound where it matters
+
+    def verdict(**kw):
+        try:
+            check_overflow("l", W_tilde, C, dtype, alpha, **kw)
+        except ValueError as e:
+            return str(e)
+    assert verdict(peaks=(peak_w, bound_c)) == verdict()
+    if dtype == torch.float16 and alpha in (1e-7, 1e7):
+        assert verdict() is not None  # both paths of the refusal are exercised: W̃ (α = 1e7) and C (α = 1e-7)

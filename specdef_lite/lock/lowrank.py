@@ -146,11 +146,14 @@ def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int 
     return torch.linalg.qr(U_k).Q, S, KrylovInfo(b + 1, passes, converged, remaining)
 
 
-def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch.dtype, *, peaks: bool = False):
     """(W̃, C) in ``dtype``: W̃ = W + (α − 1)U_k(U_kᵀW), C = I − (1 − 1/α)U_kU_kᵀ, float64 math by row blocks.
 
     Two passes over W (X = U_kᵀW in float64, then W̃), one over C; the only float64 temporaries are
-    ``ROWS`` rows long.
+    ``ROWS`` rows long. ``peaks=True`` also returns, for ``guards.check_overflow``, bounds of max |entry| of W̃
+    and C as stored, so that it need not read them again: W̃'s exact (the largest float64 |entry|, taken from
+    the rows while in cache, rounded into ``dtype``: rounding is monotone), C's (1 + |1 − 1/α|·max_i ‖U_i‖²)
+    with a 1 % margin for the roundings (|U_kU_kᵀ|_ij ≤ ‖U_i‖‖U_j‖; bfloat16 rounds by < 0.4 %).
     """
     m, n = W.shape
     U = U_k.to(device=W.device, dtype=torch.float64)  # (m, k)
@@ -165,14 +168,23 @@ def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch
     W_tilde = torch.empty(m, n, dtype=dtype, device=W.device)
     C = torch.empty(m, m, dtype=dtype, device=W.device)
     c = 1.0 - 1.0 / alpha
+    Uc = U * -c
+    extremes = []  # (min, max) of W̃'s float64 rows
     for r0 in range(0, m, ROWS):
         r1 = min(r0 + ROWS, m)
         rows = buf[: r1 - r0]
         rows.copy_(W[r0:r1])
         rows.addmm_(U[r0:r1], X, alpha=alpha - 1.0)  # W + (α − 1)U_k X, these rows
+        if peaks:
+            extremes.append(torch.stack(torch.aminmax(rows)))
         W_tilde[r0:r1].copy_(rows)
         block = cbuf[: r1 - r0]
-        torch.mm(U[r0:r1] * -c, U.T, out=block)  # −c·U_kU_kᵀ, these rows
+        torch.mm(Uc[r0:r1], U.T, out=block)  # −c·U_kU_kᵀ, these rows
         block.diagonal(offset=r0).add_(1.0)  # I − c·U_kU_kᵀ without forming I
         C[r0:r1].copy_(block)
-    return W_tilde, C
+    if not peaks:
+        return W_tilde, C
+    ext = torch.stack(extremes) if extremes else torch.zeros(1, 2, dtype=torch.float64)
+    peak_w = float(torch.maximum(-ext[:, 0].min(), ext[:, 1].max()).to(dtype))  # NaN stays NaN
+    bound_c = (1.0 + abs(c) * float(U.square().sum(1).max())) * 1.01 if m else 0.0
+    return W_tilde, C, (peak_w, bound_c)
