@@ -186,10 +186,19 @@ def check_bytes(layers, max_bytes: int | None, *, stored: bool = True) -> None:
                          f"is {m:,}×{m:,}) but only {_gb(free)} is available on {dev}: {way_out}, or lock fewer layers.")
 
 
-def check_overflow(name: str, W_tilde: torch.Tensor, C: torch.Tensor, dtype: torch.dtype, alpha: float) -> None:
-    """Refuse when W̃ or C would round to ±inf in the dtype it is stored in."""
+def check_overflow(name: str, W_tilde: torch.Tensor, C: torch.Tensor, dtype: torch.dtype, alpha: float, *,
+                   peaks: tuple[float | None, float | None] | None = None) -> None:
+    """Refuse when W̃ or C would round to ±inf in the dtype it is stored in.
+
+    ``peaks`` (optional, from ``lowrank.deformed_pair(..., peaks=True)``): for W̃ and C, a number that bounds max
+    |entry| as stored whenever it is below the largest number of ``dtype``; such a tensor is not read again, any
+    other (None, NaN, too large) is measured here, so whether and how this refuses does not depend on them.
+    """
     big = torch.finfo(dtype).max
-    for what, T in (("W̃", W_tilde), ("C", C)):
+    for what, T, peak in (("W̃", W_tilde, None if peaks is None else peaks[0]),
+                          ("C", C, None if peaks is None else peaks[1])):
+        if peak is not None and peak < big:
+            continue
         # one pass, no |T| temporary (|T| of every C cost as much as building it); NaN propagates to ``top``
         top = max(-float((mm := torch.aminmax(T)).min), float(mm.max)) if T.numel() else 0.0
         if not top < big:

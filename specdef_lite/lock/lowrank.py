@@ -4,11 +4,14 @@ SpecDef needs only W's top-k left singular vectors U_k: C·W̃ = W holds exactly
 and σᵢ(W̃) = α σᵢ(W) (i ≤ k) holds as far as U_k is accurate. Large weights (GPT-2's 768×3072) get them
 here, not from a full SVD.
 
-**Block Krylov, stopped by the spectrum.** From a random block Ω (n × q, q = k + 10) the left Krylov space
-span{WΩ, (WWᵀ)WΩ, (WWᵀ)²WΩ, …} is built one block per two passes over W (Z = WᵀQ_b, then WZ), every block
-orthogonalised against the earlier ones in float64. Rayleigh–Ritz over all blocks so far is free (the
-Z's are the rows of QᵀW), so after each block the top-k Ritz values σ̂ᵢ (lower bounds, rising to σᵢ)
-are known and the run stops when their estimated remaining rise — the last rise times ρ/(1 − ρ), ρ the
+**Block Krylov, stopped by the spectrum.** With A = W, or Wᵀ when W is tall (the basis lives on the shorter
+side, where orthogonalising costs least: 768 rather than 3072 for GPT-2's c_fc), from a random block Ω
+(q = k + 10 columns) the Krylov space span{AΩ, (AAᵀ)AΩ, (AAᵀ)²AΩ, …} is built one block per two passes
+over W (Z = AᵀQ_b, then AZ), every block orthogonalised against the earlier ones in float64 (twice, and
+a third time only where QR would blow up what is left along the basis). Rayleigh–Ritz over all blocks so
+far is free (the Z's are the rows of QᵀA), so W's top left vectors are QE (A = W) or ZE = WQE (A = Wᵀ),
+E the top eigenvectors of the Gram ZᵀZ; only its eigenvalues are taken per block. After each block the
+top-k Ritz values σ̂ᵢ (lower bounds, rising to σᵢ) are known and the run stops when their estimated remaining rise — the last rise times ρ/(1 − ρ), ρ the
 ratio of the last two rises — is below ``tol``·σ̂ᵢ at two blocks in a row (a single small rise can be a
 plateau before the next direction is found). A matrix with a clear gap stops after two or three
 blocks; a gap-free one (a random Gaussian weight) takes more, and only it pays for them. Subspace
@@ -46,17 +49,25 @@ class KrylovInfo:
 ROWS = 64  # row block for the float64 work: 64 × 3072 × 8 B = 1.5 MB, cache-resident
 
 
+REORTH = 1e-3  # a third projection when QR would divide by less than this fraction of the projected block
+
+
 def _orthonormalise(Y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Y (m, q) orthogonalised against the columns of ``basis`` (m, p) and orthonormalised, float64.
 
-    Project twice, QR, then project and QR once more: where Y had almost nothing left outside the basis,
-    QR blows rounding errors up to unit columns that lean on the basis again, and a basis that is not
-    orthonormal gives Ritz values above the true singular values.
+    Project twice ("twice is enough": the second pass leaves ~ε‖Y₁‖ along the basis, Y₁ the once-projected
+    block), then QR. QR divides by R, so what is left along the basis grows to ~ε‖Y₁‖/σ_min(R) in Q: where Y
+    had almost nothing left outside the basis, or its columns depend on each other outside it, that is O(1),
+    and a basis that is not orthonormal gives Ritz values above the true singular values. Then, and only then
+    (σ_min(R) < ``REORTH``·‖Y₁‖_F), Q is projected and QR'd once more.
     """
-    for _ in range(2 if basis.shape[1] else 0):
-        Y = Y - basis @ (basis.T @ Y)
-    Q = torch.linalg.qr(Y).Q
-    if basis.shape[1]:
+    if not basis.shape[1]:
+        return torch.linalg.qr(Y).Q
+    Y = Y - basis @ (basis.T @ Y)
+    size = float(torch.linalg.matrix_norm(Y))  # ‖Y₁‖_F ≥ ‖Y₁‖₂
+    Y = Y - basis @ (basis.T @ Y)
+    Q, R = torch.linalg.qr(Y)
+    if not float(torch.linalg.svdvals(R)[-1]) >= REORTH * size:  # NaN too
         Q = torch.linalg.qr(Q - basis @ (basis.T @ Q)).Q
     return Q
 
@@ -80,52 +91,69 @@ def top_k_krylov(W: torch.Tensor, k: int, *, tol: float = 3e-4, oversample: int 
     blocks = min(max_blocks, min(m, n) // q - 1)  # stop short of exhausting the space (rounding takes over there)
     if blocks < 3:  # small: the exact SVD is cheap
         return _exact(W, k)
+    # The basis lives on W's shorter side (A = W or Wᵀ, A: s × l, s ≤ l), where orthogonalising costs least.
+    s, l = min(m, n), max(m, n)
+    f64, dev = torch.float64, W.device
+
+    def along(X: torch.Tensor) -> torch.Tensor:  # A X, (s, q), from X (l, q) in W's dtype; (XᵀW)ᵀ: the fast layout
+        return (W @ X if m <= n else (X.T @ W).T).to(f64)
+
+    def back(X: torch.Tensor) -> torch.Tensor:  # AᵀX, (l, q), in W's dtype, from X (s, q)
+        return (X.T @ W).T if m <= n else W @ X
+
     g = torch.Generator().manual_seed(seed)
-    omega = torch.randn(n, q, generator=g, dtype=torch.float64).to(device=W.device, dtype=W.dtype)
-    Q = torch.empty(m, q * blocks, dtype=torch.float64, device=W.device)  # the left Krylov basis, block by block
-    Y = (W @ omega).to(torch.float64)  # (m, q)
+    omega = torch.randn(l, q, generator=g, dtype=f64).to(device=dev, dtype=W.dtype)
+    Q = torch.empty(s, q * blocks, dtype=f64, device=dev)  # the Krylov basis on the short side, block by block
+    Z = torch.empty(l, q * blocks, dtype=f64, device=dev)  # Z_b = AᵀQ_b: the columns of (QᵀA)ᵀ
+    G = torch.zeros(q * blocks, q * blocks, dtype=f64, device=dev)  # Gram (QᵀA)(QᵀA)ᵀ, lower triangle, by blocks
+    Y = along(omega)  # (s, q)
     if not torch.isfinite(Y).all():  # a NaN or inf anywhere in W reaches every column: report, do not iterate
-        nan = torch.full((k,), float("nan"), dtype=torch.float64, device=W.device)
-        return (torch.full((m, k), float("nan"), dtype=torch.float64, device=W.device), nan,
+        nan = torch.full((k,), float("nan"), dtype=f64, device=dev)
+        return (torch.full((m, k), float("nan"), dtype=f64, device=dev), nan,
                 KrylovInfo(blocks=0, passes=1, converged=False, remaining=math.nan))
     Q[:, :q] = _orthonormalise(Y, Q[:, :0])
-    Zs: list[torch.Tensor] = []  # Z_b = (Q_bᵀW)ᵀ, (n, q): the columns of (QᵀW)ᵀ
-    G = torch.zeros(0, 0, dtype=torch.float64, device=W.device)  # Gram (QᵀW)(QᵀW)ᵀ, grown by blocks
     history: list[torch.Tensor] = []
-    passes, converged, remaining = 1, False, math.inf
+    passes, converged, remaining, b = 1, False, math.inf, 0
     while True:
-        b = len(Zs)
-        Zs.append((Q[:, b * q:(b + 1) * q].T.to(W.dtype) @ W).T.to(torch.float64))  # (n, q); QᵀW is the fast layout
+        p = (b + 1) * q
+        z = back(Q[:, b * q:p].to(W.dtype))  # (l, q) in W's dtype
+        Z[:, b * q:p] = z
         passes += 1
-        cross = torch.cat(Zs, dim=1).T @ Zs[-1]  # (q·(b+1), q): the new Gram columns
-        G = torch.cat([torch.cat([G, cross[:-q].T], dim=0), cross], dim=1) if b else cross
-        lam, E = torch.linalg.eigh(G)  # ascending; σ̂ = √λ: Ritz values of W on span(Q)
+        G[b * q:p, :p] = Z[:, b * q:p].T @ Z[:, :p]  # the new Gram rows (lower triangle)
+        lam = torch.linalg.eigvalsh(G[:p, :p])  # ascending; σ̂ = √λ: Ritz values of A on span(Q)
         S = lam.flip(0)[:k].clamp_min(0.0).sqrt()
         history.append(S)
         if len(history) >= 3:
             d1, d2 = history[-2] - history[-3], history[-1] - history[-2]  # rises, ≥ 0 up to rounding
-            rho = (d2 / d1.clamp_min(torch.finfo(torch.float64).tiny)).clamp(0.0, 1.0)
+            rho = (d2 / d1.clamp_min(torch.finfo(f64).tiny)).clamp(0.0, 1.0)
             left = torch.where(rho < 1.0, d2.clamp_min(0.0) * rho / (1.0 - rho), torch.full_like(d2, math.inf))
             previous = remaining
-            remaining = float((left / history[-1].clamp_min(torch.finfo(torch.float64).tiny)).max())
+            remaining = float((left / history[-1].clamp_min(torch.finfo(f64).tiny)).max())
             # two estimates in a row: one small rise between two large ones is a plateau, not convergence
             converged = remaining <= tol and previous <= tol
         if converged or b + 1 >= blocks:
             break
-        Y = (W @ Zs[-1].to(W.dtype)).to(torch.float64)  # (m, q): the next block, (WWᵀ)Q_b
+        Y = along(z)  # (s, q): the next block, (AAᵀ)Q_b
         passes += 1
-        Q[:, (b + 1) * q:(b + 2) * q] = _orthonormalise(Y, Q[:, :(b + 1) * q])
+        Q[:, p:p + q] = _orthonormalise(Y, Q[:, :p])
+        b += 1
     if not converged and blocks < max_blocks:  # ran into the size of W: take the exact SVD instead
         return _exact(W, k)
-    U_k = Q[:, :G.shape[0]] @ E.flip(1)[:, :k]  # (m, q·b) @ (q·b, k): top-k Ritz vectors
-    return torch.linalg.qr(U_k).Q, S, KrylovInfo(len(Zs), passes, converged, remaining)
+    p = (b + 1) * q
+    E = torch.linalg.eigh(G[:p, :p]).eigenvectors.flip(1)[:, :k]  # top-k Ritz vectors in the basis
+    # W's left vectors: Q E where the basis is on W's left (m ≤ n), else W(QE) = ZE (orthogonal, norms σ̂)
+    U_k = (Q[:, :p] if m <= n else Z[:, :p]) @ E
+    return torch.linalg.qr(U_k).Q, S, KrylovInfo(b + 1, passes, converged, remaining)
 
 
-def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch.dtype, *, peaks: bool = False):
     """(W̃, C) in ``dtype``: W̃ = W + (α − 1)U_k(U_kᵀW), C = I − (1 − 1/α)U_kU_kᵀ, float64 math by row blocks.
 
     Two passes over W (X = U_kᵀW in float64, then W̃), one over C; the only float64 temporaries are
-    ``ROWS`` rows long.
+    ``ROWS`` rows long. ``peaks=True`` also returns, for ``guards.check_overflow``, bounds of max |entry| of W̃
+    and C as stored, so that it need not read them again: W̃'s exact (the largest float64 |entry|, taken from
+    the rows while in cache, rounded into ``dtype``: rounding is monotone), C's (1 + |1 − 1/α|·max_i ‖U_i‖²)
+    with a 1 % margin for the roundings (|U_kU_kᵀ|_ij ≤ ‖U_i‖‖U_j‖; bfloat16 rounds by < 0.4 %).
     """
     m, n = W.shape
     U = U_k.to(device=W.device, dtype=torch.float64)  # (m, k)
@@ -140,14 +168,23 @@ def deformed_pair(W: torch.Tensor, U_k: torch.Tensor, alpha: float, dtype: torch
     W_tilde = torch.empty(m, n, dtype=dtype, device=W.device)
     C = torch.empty(m, m, dtype=dtype, device=W.device)
     c = 1.0 - 1.0 / alpha
+    Uc = U * -c
+    extremes = []  # (min, max) of W̃'s float64 rows
     for r0 in range(0, m, ROWS):
         r1 = min(r0 + ROWS, m)
         rows = buf[: r1 - r0]
         rows.copy_(W[r0:r1])
         rows.addmm_(U[r0:r1], X, alpha=alpha - 1.0)  # W + (α − 1)U_k X, these rows
+        if peaks:
+            extremes.append(torch.stack(torch.aminmax(rows)))
         W_tilde[r0:r1].copy_(rows)
         block = cbuf[: r1 - r0]
-        torch.mm(U[r0:r1] * -c, U.T, out=block)  # −c·U_kU_kᵀ, these rows
+        torch.mm(Uc[r0:r1], U.T, out=block)  # −c·U_kU_kᵀ, these rows
         block.diagonal(offset=r0).add_(1.0)  # I − c·U_kU_kᵀ without forming I
         C[r0:r1].copy_(block)
-    return W_tilde, C
+    if not peaks:
+        return W_tilde, C
+    ext = torch.stack(extremes) if extremes else torch.zeros(1, 2, dtype=torch.float64)
+    peak_w = float(torch.maximum(-ext[:, 0].min(), ext[:, 1].max()).to(dtype))  # NaN stays NaN
+    bound_c = (1.0 + abs(c) * float(U.square().sum(1).max())) * 1.01 if m else 0.0
+    return W_tilde, C, (peak_w, bound_c)
