@@ -252,6 +252,29 @@ def test_checkpoint_writes_single_files_atomically(tmp_path):
         checkpoint.atomic_file(tmp_path, "x")
 
 
+_ADDER = """
+import json, sys, time
+from pathlib import Path
+from specdef_lite.common import checkpoint
+table, me = Path(sys.argv[1]), sys.argv[2]
+for i in range(25):
+    with checkpoint.exclusive(table):
+        rows = json.loads(table.read_text()) if table.exists() else {}
+        time.sleep(0.002)  # widen the read-modify-write window
+        rows[f"{me}-{i}"] = i
+        checkpoint.atomic_file(table, json.dumps(rows))
+"""
+
+
+def test_exclusive_lets_processes_add_to_one_table_without_losing_a_row(tmp_path):
+    """Three processes read-modify-write one JSON table (as parallel test workers do): every row survives."""
+    table = tmp_path / "times.json"
+    procs = [subprocess.Popen([sys.executable, "-c", _ADDER, str(table), f"p{j}"]) for j in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert len(json.loads(table.read_text())) == 75
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["times.json", "times.json.lock"]
+
+
 def _random_task(n=12, seq_len=8, vocab=97):
     tokens = torch.randint(vocab, (n, seq_len), generator=torch.Generator().manual_seed(0))
     return llm.TextTask("random", ("random",), seq_len, tokens[:8], tokens[8:10], tokens[10:])
