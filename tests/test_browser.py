@@ -11,7 +11,9 @@ in its own tab and runs all its cells, one notebook after the other; then, for e
 * finds every explorer, drives **every** control (sliders by arrow keys, toggle buttons and drop-downs by
   clicks) and fails if an action leaves the plot's data unchanged; each action's key press → plot changed
   time is recorded (median, n and the load go to ``build/browser-latency.json``, which
-  ``benchmarks/bench_widgets.py`` folds into RESULTS.md — reported, not asserted here);
+  ``benchmarks/bench_widgets.py`` folds into RESULTS.md — reported, not asserted here), with where it went,
+  timed in the page: the widget's own handling until it sends the value, the round trip through server,
+  kernel and Python callback until plotly's update arrives, and from there to the frame that shows it;
 * fails if an explorer does not fit a 900 px output area (the notebook or a widget scrolls sideways, a
   plot is wider than the area, the controls or a toggle's buttons wrap onto a second row), and checks
   the fit again in a 1400 px window, where it takes the explorer screenshots;
@@ -245,6 +247,7 @@ def browser(lab):
                     route.abort()
             page.route("**/*", offline)
             page.add_init_script("Error.stackTraceLimit = 60;")
+            page.add_init_script(_TIMELINE)
             page.goto(f"{base}/lab/workspaces/specdef-test-{secrets.token_hex(4)}?reset&token={token}")
             page.wait_for_function("() => !!(window.jupyterapp && window.jupyterapp.shell)", timeout=60_000)
             page.evaluate("() => window.jupyterapp.restored.then(() => true)")  # plugins active, layout restored
@@ -496,15 +499,62 @@ def _fp(page, eid: str) -> str:
     return page.evaluate("(id) => window.__specdef.fp(id)", eid)
 
 
+# Where a key press's time goes, timed in the page: the user's event (keydown, mousedown, input, change), the
+# first message the page then sends on a websocket (the control's new value, to the kernel), the largest
+# message it receives before the plot changes (plotly's update from the kernel), and the plot's data changed
+# (the first animation frame that sees it). Parts of each action: "to send" (the widget's own handling),
+# "round trip" (server, kernel, the Python callback, back), "render" (from plotly's message to the frame).
+_TIMELINE = """(() => {
+  const T = window.__specdefT = {sends: [], recvs: [], action: null, changed: null, armed: false};
+  const size = d => typeof d === 'string' ? d.length : (d.byteLength || d.size || 0);
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (d) { T.sends.push([performance.now(), size(d)]); return send.call(this, d); };
+  const stamp = ev => { T.recvs.push([performance.now(), size(ev.data)]); };
+  const add = WebSocket.prototype.addEventListener;
+  WebSocket.prototype.addEventListener = function (type, fn, opts) {
+    if (type === 'message') add.call(this, 'message', stamp, opts);
+    return add.call(this, type, fn, opts);
+  };
+  const on = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'onmessage');
+  Object.defineProperty(WebSocket.prototype, 'onmessage', {configurable: true, enumerable: true,
+    get() { return on.get.call(this); },
+    set(fn) { on.set.call(this, typeof fn === 'function' ? function (ev) { stamp(ev); return fn.call(this, ev); } : fn); }});
+  for (const type of ['keydown', 'mousedown', 'input', 'change'])
+    document.addEventListener(type, () => { if (T.armed && T.action === null) T.action = performance.now(); }, true);
+})();"""
+_ARM = "() => { const T = window.__specdefT; T.action = null; T.changed = null; T.armed = true; T.sends = []; T.recvs = []; }"
+_PARTS = """() => {
+  const T = window.__specdefT, a = T.action, c = T.changed;
+  T.armed = false;
+  if (a === null || c === null) return null;
+  const sent = T.sends.find(x => x[0] >= a);
+  const big = T.recvs.filter(x => x[0] >= a && x[0] <= c).reduce((m, x) => x[1] > m[1] ? x : m, [null, -1]);
+  return {page: c - a, to_send: sent ? sent[0] - a : null,
+          round_trip: sent && big[0] !== null ? big[0] - sent[0] : null,
+          render: big[0] !== null ? c - big[0] : null, bytes: big[1]};
+}"""
+PARTS: list[dict] = []  # each timed action's parts (ms), collected by the test per control
+
+
+def _arm(page) -> None:
+    page.evaluate(_ARM)
+
+
 def _changed(page, eid: str, before: str, t0: float) -> float | None:
-    """ms from ``t0`` until explorer ``eid``'s plot data differs from ``before`` (None: it never did)."""
+    """ms from ``t0`` until explorer ``eid``'s plot data differs from ``before`` (None: it never did).
+
+    The action must have been armed (``_arm``) just before it: its parts go to ``PARTS``."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     try:
-        page.wait_for_function("([id, b]) => window.__specdef.fp(id) !== b", arg=[eid, before],
-                               timeout=UPDATE_S * 1000, polling="raf")
+        page.wait_for_function("""([id, b]) => { const T = window.__specdefT;
+            const ch = window.__specdef.fp(id) !== b; if (ch && T.changed === null) T.changed = performance.now(); return ch; }""",
+                               arg=[eid, before], timeout=UPDATE_S * 1000, polling="raf")
     except PlaywrightTimeout:
         return None
     ms = 1e3 * (time.perf_counter() - t0)
+    parts = page.evaluate(_PARTS)
+    if parts:
+        PARTS.append(parts)
     _settle(page, eid, quiet_ms=120)
     return ms
 
@@ -523,6 +573,7 @@ def _drive_slider(page, eid: str, j: str, label: str) -> list[float]:
     while len(latencies) < PRESSES:
         handle.focus()
         before, value = _fp(page, eid), readout.inner_text()
+        _arm(page)
         t0 = time.perf_counter()
         page.keyboard.press(key)
         if readout.inner_text() == value:  # at the end of the slider: turn round
@@ -544,6 +595,7 @@ def _each_change(page, eid: str, label: str, choices: list, prepare) -> list[flo
     latencies = []
     for c in choices:
         before, (name, act) = _fp(page, eid), prepare(c)
+        _arm(page)
         t0 = time.perf_counter()
         act()
         ms = _changed(page, eid, before, t0)
@@ -625,6 +677,7 @@ def test_course_in_the_browser(lab, browser, nb):
         area.screenshot(path=str(SCREENSHOTS / f"{stem}_{i}_{OUTPUT_WIDTH}px.png"))
         for j, kind, label in page.evaluate(_CONTROLS, eid):
             assert kind in DRIVERS, f"{path} {name}: control {j} ({label!r}) is neither a slider, toggle nor drop-down"
+            PARTS.clear()
             try:
                 ms = DRIVERS[kind](page, eid, j, label)
             except AssertionError as e:  # say what the kernel holds: did the change reach it?
@@ -641,8 +694,12 @@ def test_course_in_the_browser(lab, browser, nb):
             browser.rows.append({"notebook": stem, "explorer": name, "control": label, "kind": kind,
                                  "n": len(ms), "median_ms": round(statistics.median(ms), 1),
                                  "first_ms": round(ms[0], 1), "max_ms": round(max(ms), 1),
-                                 "ms": [round(m, 1) for m in ms], "load": round(load, 2)})
-            report.append(f"{name}.{label}: {statistics.median(ms):.0f} ms (n={len(ms)}, load {load:.1f})")
+                                 "ms": [round(m, 1) for m in ms], "load": round(load, 2),
+                                 "parts_ms": {k: _median_of(PARTS, k) for k in ("page", "to_send", "round_trip", "render")},
+                                 "update_bytes": _median_of(PARTS, "bytes")})
+            parts = browser.rows[-1]["parts_ms"]
+            report.append(f"{name}.{label}: {statistics.median(ms):.0f} ms (n={len(ms)}, load {load:.1f}; in the page "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v is not None) + ")")
         _readout_in_plot(page, eid)
         in_page = page.evaluate(_PAGE_SHAPES, eid)
         now = json.loads(page.evaluate(_KERNEL_RUN, [path, _KERNEL_CODE]))[i][1]
@@ -680,6 +737,11 @@ def test_course_in_the_browser(lab, browser, nb):
     assert len(statics) == len(ids), f"{path}: {len(ids)} explorers but {len(statics)} static copies in the saved file"
     print(f"\n{path}: ran in {run['seconds']:.1f} s, {len(ids)} explorer(s) driven in "
           f"{time.perf_counter() - t0:.1f} s; " + "; ".join(report))
+
+
+def _median_of(parts: list[dict], key: str) -> float | None:
+    values = [p[key] for p in parts if p.get(key) is not None]
+    return round(statistics.median(values), 1) if values else None
 
 
 def _console_since(b: Browser, mark: int) -> list[str]:
