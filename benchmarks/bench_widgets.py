@@ -183,15 +183,18 @@ Command: `{BROWSER_CMD}` (writes `build/browser-latency.json`).
               "handling); **round trip** — from that send until plotly's update arrives, the largest message before\n"
               "the plot changed (server, kernel, the Python callback and the way back); **render** — from its arrival\n"
               "until the first animation frame that sees the new data (plotly.js applying and redrawing). The parts\n"
-              "are medians each, so they need not add up to the page's total.\n")
-        print("| explorer (notebook) | control | median ms | n | first action ms | max ms | load | to send | round trip | render | update bytes | ≤ 100 ms |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "are medians each, so they need not add up to the page's total. **probe**: what one evaluation of the\n"
+              "test's change detector (the JSON of every trace's data, run on every animation frame while it waits)\n"
+              "costs; \"render\" includes one.\n")
+        print("| explorer (notebook) | control | median ms | n | first action ms | max ms | load | to send | round trip | render | probe | update bytes | ≤ 100 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         cell = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
         for r in b_rows:
             parts = r.get("parts_ms") or {}
             print(f"| {r['explorer']} ({r['notebook'][:2]}) | {r['control']} ({r['kind']}) | **{r['median_ms']:.0f}** | "
                   f"{r['n']} | {r['first_ms']:.0f} | {r['max_ms']:.0f} | {r['load']:.1f} | {cell(parts.get('to_send'))} | "
-                  f"{cell(parts.get('round_trip'))} | {cell(parts.get('render'))} | {cell(r.get('update_bytes'))} | "
+                  f"{cell(parts.get('round_trip'))} | {cell(parts.get('render'))} | "
+                  f"{'—' if r.get('probe_ms') is None else format(r['probe_ms'], '.1f')} | {cell(r.get('update_bytes'))} | "
                   f"{'yes' if r['median_ms'] <= TARGET_MS else '**no**'} |")
     print(f"""
 **In Python** — every explorer a notebook builds, built by executing that notebook here with its test

@@ -534,6 +534,10 @@ _PARTS = """() => {
           render: big[0] !== null ? c - big[0] : null, bytes: big[1]};
 }"""
 PARTS: list[dict] = []  # each timed action's parts (ms), collected by the test per control
+# the median cost of one evaluation of the change probe (the JSON of every trace's data), which "render" includes
+_PROBE_COST = """(id) => { const t = [];
+  for (let i = 0; i < 11; i++) { const a = performance.now(); window.__specdef.fp(id); t.push(performance.now() - a); }
+  return t.sort((a, b) => a - b)[5]; }"""
 
 
 def _arm(page) -> None:
@@ -691,15 +695,16 @@ def test_course_in_the_browser(lab, browser, nb):
             if not ms:
                 continue
             load = _load()
+            probe = page.evaluate(_PROBE_COST, eid)  # the change probe runs once inside "render": what it costs
             browser.rows.append({"notebook": stem, "explorer": name, "control": label, "kind": kind,
                                  "n": len(ms), "median_ms": round(statistics.median(ms), 1),
                                  "first_ms": round(ms[0], 1), "max_ms": round(max(ms), 1),
                                  "ms": [round(m, 1) for m in ms], "load": round(load, 2),
                                  "parts_ms": {k: _median_of(PARTS, k) for k in ("page", "to_send", "round_trip", "render")},
-                                 "update_bytes": _median_of(PARTS, "bytes")})
+                                 "update_bytes": _median_of(PARTS, "bytes"), "probe_ms": round(probe, 1)})
             parts = browser.rows[-1]["parts_ms"]
             report.append(f"{name}.{label}: {statistics.median(ms):.0f} ms (n={len(ms)}, load {load:.1f}; in the page "
-                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v is not None) + ")")
+                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v is not None) + f"; probe {probe:.1f})")
         _readout_in_plot(page, eid)
         in_page = page.evaluate(_PAGE_SHAPES, eid)
         now = json.loads(page.evaluate(_KERNEL_RUN, [path, _KERNEL_CODE]))[i][1]
