@@ -20,3 +20,12 @@ def test_the_next_test_sees_them_as_the_first_found_them():
     assert torch.equal(torch.random.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], np_key) and random.getstate() == py_state
     assert torch.get_num_threads() == _seen["threads"] == 1
+
+
+def test_every_test_starts_from_the_seeded_rngs_whatever_ran_before():
+    """Order-independence (pytest-xdist schedules tests differently in every run): the global RNGs at the start of
+    a test are conftest's SEED, even after the tests above drew from and reseeded them."""
+    from conftest import SEED
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(SEED)))
+    assert np.random.rand() == np.random.RandomState(SEED % 2 ** 32).rand()
+    assert random.random() == random.Random(SEED).random()

@@ -117,7 +117,10 @@ def test_every_hvp_route_agrees_with_the_dense_hessian(gen, name):
     op = HessianOperator(loss_fn, theta)  # the kept gradient graph, many products
     for _ in range(2):
         torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-11, atol=1e-12)
-    torch.testing.assert_close(hvp(loss_fn, theta, v, method="finite-difference"), H @ v, rtol=1e-7, atol=1e-8)
+    # central differences: an error ~ε²·|∇³ℒ| per entry, so judged on the whole vector, as the dense Hessian is above
+    # (measured here ≤ 1e-8 relative over 9 weight draws of each architecture; an entry near 0 can be 2e-6 off)
+    fd, exact = hvp(loss_fn, theta, v, method="finite-difference"), H @ v
+    assert float((fd - exact).norm()) <= 1e-7 * float(exact.norm())
 
 
 def test_tiny_gpt2_dense_hessian_matches_finite_differences(gen):

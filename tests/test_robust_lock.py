@@ -196,13 +196,18 @@ def test_torch_attention_and_transformer_layers_are_refused(targets, where):
 
 def test_a_linear_under_two_names_is_locked_and_fused_under_both(gen):
     lin = nn.Linear(6, 6, dtype=F64)
+    with torch.no_grad():  # weights from the test's generator: nn.Linear's own draw depends on what ran before
+        lin.weight.copy_(torch.randn(6, 6, generator=gen, dtype=F64) / 6 ** 0.5)
+        lin.bias.copy_(torch.randn(6, generator=gen, dtype=F64) / 6 ** 0.5)
     net = nn.Sequential(lin, nn.Tanh(), lin)
     x = inputs(gen)
+    # the law: each locked layer changes the output by ~c·α·ε (forward_error_estimate); two in series, with margin
+    tol = 10 * forward_error_estimate(1e3, F64)
     for targets in (None, ["2"]):
         locked = sl.specdef(net, 1e3, targets=targets)
         assert locked[0] is locked[2] and isinstance(locked[0], sl.SpecDefLinear)  # no raw copy left behind
         with torch.no_grad():
-            assert rel(locked(x), net(x)) < 1e-12
+            assert rel(locked(x), net(x)) < tol
         fused = sl.fuse(locked)
         assert fused[0] is fused[2] and type(fused[0]) is nn.Linear
         assert float((fused[0].weight - lin.weight).detach().abs().max()) < 1e-12
