@@ -35,6 +35,7 @@ from torch import nn
 
 from ..common.display import progress_disabled
 from ..experiments.best_response import BestResponse, Outcome, search
+from ..lock.attacks import InjectedLinear
 from ..lock.guards import real_number
 from ..lock.lora import describe, is_adapter, lora
 from .data import Eval, TextTask, batches, evaluate, lm_loss
@@ -119,7 +120,7 @@ def attack(model: nn.Module, task: TextTask, *, lr: float, steps: int, batch_siz
     names = attack_params(model, blocks, injected_only=injected_only)
     adapter = None
     if lora_rank is not None:
-        if injected_only or any(type(m).__name__ == "InjectedLinear" for m in model.modules()):
+        if injected_only or any(isinstance(m, InjectedLinear) for m in model.modules()):
             raise ValueError("LoRA and layer injection are two attacks: attack the released (or fused) model with "
                              "lora_rank, or the injected model without it")
         if any(is_adapter(n) for n in names):

@@ -104,13 +104,14 @@ class Parallel:
         acc = _accelerator(device.type == "cpu" and not self.fsdp)
         n = world_size()
         if acc.num_processes != n:
-            raise RuntimeError(f"the launcher started {n} processes but accelerate sees {acc.num_processes} "
+            raise ValueError(f"the launcher started {n} processes but accelerate sees {acc.num_processes} "
                                f"({acc.distributed_type}): start the attack with accelerate launch or torchrun")
         self.acc, self.n, self.rank = acc, n, acc.process_index
         self.device = acc.device
         self.is_main = acc.is_main_process
 
     def check_batch(self, batch_size: int) -> None:
+        """Refuse a global batch B that does not split into n equal slices B/n (ValueError, one line)."""
         if batch_size % self.n:
             raise ValueError(f"batch_size={batch_size} does not split into {self.n} processes: use a multiple of {self.n} "
                              f"(each process takes batch_size / {self.n} rows of every global batch)")
@@ -120,8 +121,14 @@ class Parallel:
         b = len(x) // self.n
         return x[self.rank * b:(self.rank + 1) * b].to(self.device)
 
-    def prepare(self, module: nn.Module, optimizer: torch.optim.Optimizer):
-        """(wrapped module, wrapped optimizer): DDP, or FSDP under ``--use_fsdp`` (accelerate decides)."""
+    def prepare(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """(wrapped module, wrapped optimizer): DDP, or FSDP under ``--use_fsdp`` (accelerate decides).
+
+        DDP broadcasts rank 0's parameters and buffers into every process when it wraps: the frozen ones (no
+        gradient) are left out, since the working copy shares their storage with the caller's model, which the
+        attack must not write into (every rank loaded the same weights, so nothing is lost)."""
+        frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+        module._ddp_params_and_buffers_to_ignore = frozen + [n for n, _ in module.named_buffers()]
         return self.acc.prepare(module, optimizer)
 
     def backward(self, loss: torch.Tensor) -> None:

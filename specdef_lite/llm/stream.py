@@ -274,6 +274,8 @@ def lock_command(args) -> None:
                     max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9))
     print(f"locked {len(r.deformed)} layers at alpha={args.alpha:g}, k={args.k} (streamed: {r.shards} shards, "
           f"{r.source_bytes / 1e9:.2f} GB in, {r.output_bytes / 1e9:.2f} GB out): {', '.join(r.deformed)}")
+    checked = (f"was checked against --max-error {args.max_error:g} instead" if args.max_error is not None
+               else "was not checked (--max-error none)")
     print(f"no --check when streaming (it needs both models in memory): the estimated logit change c·α·ε = "
-          f"{r.error_estimate:.1e} was checked against --max-error instead")
+          f"{r.error_estimate:.1e} {checked}")
     print(f"wrote {args.out}")

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..experiments.best_response import BestResponse, slowdown
-from ..experiments.text import to_markdown  # noqa: F401 - llm.to_markdown, Table 1's format
+from ..experiments.text import at_least, to_markdown  # noqa: F401 - llm.to_markdown, Table 1's format
 
 if TYPE_CHECKING:  # only for the annotation: tables needs nothing of finetune at run time
     from .finetune import AttackResult
@@ -55,7 +55,7 @@ def response_rows(responses: Mapping[str, BestResponse], reference: str) -> list
     for label, br in responses.items():
         shown = br.shown.result if br.shown is not None else None
         rows.append({"attack": label,
-                     "steps to τ at η*": str(br.best_steps) if br.reached else f"≥ {br.lower_bound} (not reached)",
+                     "steps to τ at η*": at_least(br) + ("" if br.reached else " (not reached)"),
                      "η*": f"{br.best_lr:.3g}" if br.reached else "—",
                      "η tried": f"{br.lrs.min():.2g} … {br.lrs.max():.2g} ({len(br.outcomes)})",
                      "bracketed": "yes" if br.bracketed else "no",
