@@ -117,10 +117,11 @@ def test_every_hvp_route_agrees_with_the_dense_hessian(gen, name):
     op = HessianOperator(loss_fn, theta)  # the kept gradient graph, many products
     for _ in range(2):
         torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-11, atol=1e-12)
-    # central differences: an error ~ε²·|∇³ℒ| per entry, so judged on the whole vector, as the dense Hessian is above
-    # (measured here ≤ 1e-8 relative over 9 weight draws of each architecture; an entry near 0 can be 2e-6 off)
+    # central differences with step h: error ≈ h²|∇⁴ℒ[v,v,v]|/6 + ε|∇ℒ|/h, ~ε^{2/3} relative at h = ε^{1/3} where the
+    # higher derivatives are O(1); the attention block's softmax makes them larger: measured ≤ 1e-8 relative over 9
+    # weight draws × 3 architectures. Judged on the whole vector (an entry near 0 can be 2e-6 off), bound 3× that.
     fd, exact = hvp(loss_fn, theta, v, method="finite-difference"), H @ v
-    assert float((fd - exact).norm()) <= 1e-7 * float(exact.norm())
+    assert float((fd - exact).norm()) <= 3e-8 * float(exact.norm())
 
 
 def test_tiny_gpt2_dense_hessian_matches_finite_differences(gen):

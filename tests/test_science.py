@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import specdef_lite as sl
+from specdef_lite.experiments.best_response import slowdown
 from specdef_lite.lock.guards import FORWARD_ERROR_C
 from specdef_lite.optim import problems
 
@@ -67,8 +68,10 @@ def test_attacks_restore_training_exactly():
         assert sweep.best_steps is not None and sweep.response.bracketed
     for alpha in (1e2, 1e4):
         locked = lock(toy, alpha)
-        slowed = _sweep(locked, toy, lrs).best_steps
-        assert slowed is None or slowed >= 3 * undefended.best_steps, (alpha, slowed)  # measured 69 at α=1e2, none at 1e4
+        if alpha == 1e2:  # a slowdown only where the locked model's best η is bracketed by this grid (at 1e4 it is
+            # not: every η diverges; notebooks 00 and 03 measure that one with a search that widens its grid)
+            attacked = _sweep(locked, toy, list(np.logspace(-6, 0.5, 14))).response  # reaches below the grid's edge
+            assert attacked.bracketed and slowdown(attacked, undefended.response).ratio >= 3  # measured 69 / 12 = 5.75×, η* = 1e-4 bracketed
         assert_same_training(_sweep(sl.fuse(locked), toy, lrs), undefended, alpha)
         # injection trains only the new D's: compare with the same attack on the undefended model
         assert_same_training(_sweep(sl.inject(locked), toy, lrs), injected_reference, alpha)

@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .best_response import slowdown
 from .tuning import LABELS
 
 __all__ = ["COLORS", "PALETTE", "loss_curves_figure", "kappa_figure", "slowdown_figure", "bill_figure",
@@ -207,13 +208,13 @@ def placements_figure(responses: Mapping[str, object], reference: str, *, title:
                         subplot_titles=("steps to τ against the learning rate η", f"slowdown against {reference}, each at its best η"))
     labels = list(responses)
     for j, label in enumerate(labels):
-        br, color = responses[label], PALETTE[j % len(PALETTE)] if j < len(PALETTE) else "#7f7f7f"
+        br, color = responses[label], PALETTE[j] if j < len(PALETTE) else "#7f7f7f"
         ys = [o.steps if o.steps is not None else br.budget + 1 for o in br.outcomes]
         symbols = ["x" if o.diverged else "circle" if o.steps is not None else "triangle-up-open" for o in br.outcomes]
         fig.add_trace(go.Scatter(x=br.lrs, y=ys, mode="lines+markers", name=label, legendgroup=label,
                                  line=dict(color=color), marker=dict(symbol=symbols, size=10, color=color)), 1, 1)
-        ratio = br.lower_bound / ref.lower_bound
-        text = f"{'≥ ' if not br.reached else ''}{ratio:.2g}×"
+        s = slowdown(br, ref)  # refuses a reference that never reached τ
+        ratio, text = s.ratio, s.summary()
         fig.add_trace(go.Scatter(x=[ratio], y=[label], mode="markers+text", text=[text], textposition="middle right",
                                  showlegend=False, legendgroup=label,
                                  marker=dict(size=12, color=color, symbol="circle" if br.reached else "triangle-up-open")),
@@ -222,7 +223,7 @@ def placements_figure(responses: Mapping[str, object], reference: str, *, title:
                              showlegend=False, hoverinfo="skip"), 1, 2)
     fig.add_hline(y=ref.budget + 1, line_dash="dot", line_color="grey", row=1, col=1,
                   annotation_text="B + 1: not reached (▵) / diverged (✕)")
-    top = max(br.lower_bound / ref.lower_bound for br in responses.values())
+    top = max(slowdown(br, ref).ratio for br in responses.values())
     fig.update_xaxes(type="log", title_text="learning rate η", exponentformat="power", row=1, col=1)
     fig.update_yaxes(title_text="steps to reach and stay below τ", row=1, col=1)
     fig.update_xaxes(type="log", title_text="slowdown (1×: not slowed)", range=[-0.5, np.log10(max(top, 1.0)) + 0.6],
