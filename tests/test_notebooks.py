@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from specdef_lite.common.checkpoint import atomic_file
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXECUTED = ROOT / "build" / "executed"
@@ -69,7 +71,7 @@ def test_notebook_executes(path, monkeypatch):
         assert nb["metadata"]["kernelspec"]["name"] == NOTEBOOK_KERNELSPEC
         assert nb["metadata"]["papermill"]["parameters"] == params
     assert "widgets" not in nb["metadata"] or not nb["metadata"]["widgets"], "executed notebook carries widget state"
-    (EXECUTED / f"{path.stem}.seconds").write_text(f"{seconds:.2f}\n")
+    atomic_file(EXECUTED / f"{path.stem}.seconds", f"{seconds:.2f}\n")
     print(f"{path.name}: {seconds:.1f} s")
 
 

@@ -14,6 +14,9 @@ Reading is checked the same way: ``safetensors_header`` compares the file size w
 truncated file is named as such, not a Rust deserialisation error), and ``read_metadata`` refuses a
 ``specdef.json`` that is not JSON. ``SPECDEF_LITE_FAULT=<point>`` kills the writing process at a named point (the
 fault tests use it to make a kill deterministic).
+
+Writers that read before they write (one table several processes add to) or start expensive one-time work (a
+model conversion) take ``exclusive(path)``, an advisory ``flock`` on ``path.lock``: one process at a time.
 """
 from __future__ import annotations
 

@@ -45,11 +45,13 @@ def _parameters(src: Path, params: str) -> dict:
 
 
 def _fresh(src: Path, out: Path, parameters: dict, library_mtime: float) -> bool:
-    """An executed copy can be reused if it is newer than its notebook and the library, same parameters."""
+    """An executed copy can be reused if it is newer than its notebook and the library, ran with the same
+    parameters and ran to its end (papermill saves the output as it goes: a killed run leaves a copy without
+    ``end_time``)."""
     if not out.exists() or out.stat().st_mtime < max(src.stat().st_mtime, library_mtime):
         return False
     meta = json.loads(out.read_text())["metadata"].get("papermill", {})
-    return meta.get("parameters", {}) == parameters and not meta.get("exception")
+    return meta.get("parameters", {}) == parameters and not meta.get("exception") and bool(meta.get("end_time"))
 
 
 def execute(sources: list[Path], executed: Path, *, params: str = "test", reuse: bool = False,
