@@ -192,7 +192,7 @@ locked alternated, batch {B}×{T} tokens, float32, `torch.inference_mode()`.
 Command: `{COMMAND}` ({time.perf_counter() - t_start:.0f} s this run).
 Machine: {machine(threads)}; load average {load0} at the start, {load()} at the end.
 {summary("lock time / float64 partial-SVD floor (GPT-2 small, 124M)", f"{r_lock:.2f}× ({beyond:.2f} s beyond its own partial SVD)", "≤ 1.5×", r_lock <= 1.5, COMMAND)}
-{summary("lock time / the least svd_lowrank that keeps σ₁(W̃) ≥ 0.999·α σ₁(W) on all 48", ok_text, "≤ 1.5×", r_ok <= 1.5, COMMAND)}
+{summary("context, not the issue's target: lock time / the least svd_lowrank that keeps σ₁(W̃) ≥ 0.999·α σ₁(W) on all 48 (floor timed once)", ok_text, "—", None, COMMAND)}
 {summary("σ₁(W̃)/(α σ₁(W)), worst of the 48 locked matrices (lowrank)", f"{worst:.5f}", "≥ 0.999", worst >= 0.999, COMMAND)}
 {summary("locked / original forward time (GPT-2 small, float32)", f"{r_fwd:.2f}×", "≤ 1.3×", r_fwd <= 1.3, COMMAND)}
 

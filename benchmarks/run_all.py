@@ -31,9 +31,11 @@ average it saw and compares its ratios within one run.
 
 ## Summary
 
-| figure | measured | target | verdict | command |
-|---|---|---|---|---|
+| figure | measured | target | verdict | load (start → end of its run) | command |
+|---|---|---|---|---|---|
 """
+# the load each section recorded in its "Machine:" line (or its own wording of it)
+LOAD = re.compile(r"load average ([\d.]+) on \d+ cores at (?:the|its) start(?:(?:,| and) ([\d.]+) on \d+ cores at (?:the|its) end)?")
 
 
 def _old_sections() -> dict[str, str]:
@@ -55,8 +57,18 @@ def run(script: Path) -> str:
     return body
 
 
+def _with_load(row: str, section: str) -> str:
+    """A summary row with the load its section recorded put in before the command column."""
+    m = LOAD.search(section)
+    load = "not recorded" if m is None else (m[1] if m[2] is None else f"{m[1]} → {m[2]}")
+    cells = row.rsplit(" | ", 1)
+    return f"| {cells[0]} | {load} | {cells[1]} |"
+
+
 def main(argv: list[str]) -> int:
     scripts = sorted(HERE.glob("bench_*.py"))
+    table_only = "--table-only" in argv  # rebuild the summary from the sections as they are, running nothing
+    argv = [a for a in argv if a != "--table-only"]
     wanted = {a.removesuffix(".py") for a in argv}
     unknown = wanted - {s.stem for s in scripts}
     if unknown:
@@ -65,12 +77,12 @@ def main(argv: list[str]) -> int:
     sections = _old_sections()
     failed = 0
     for script in scripts:
-        if wanted and script.stem not in wanted:
+        if table_only or (wanted and script.stem not in wanted):
             continue
         sections[script.name] = body = run(script)
         failed += "**This run failed**" in body
     order = [s.name for s in scripts if s.name in sections]
-    rows = [f"| {row} |" for name in order for row in SUMMARY.findall(sections[name])]
+    rows = [_with_load(row, sections[name]) for name in order for row in SUMMARY.findall(sections[name])]
     parts = [HEADER + "\n".join(rows) + "\n"]
     parts += [f"<!-- begin {name} -->\n{sections[name]}<!-- end {name} -->\n" for name in order]
     atomic_file(RESULTS, "\n".join(parts))  # beside RESULTS.md, then renamed: an interrupted run keeps the old file
