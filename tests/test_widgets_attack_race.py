@@ -9,6 +9,7 @@ import importlib
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from _explorers import assert_every_change_redraw_free
 
 import specdef_lite as sl
 from specdef_lite.optim.precision import vanishing_table
@@ -91,7 +92,8 @@ def test_race_explorer_headless(table):
     ex.set(alpha=10.0)
     y10 = _y(ex.figure.data[mine])
     assert _same(y10, table.trace("sgd", 10.0, lr0).losses) and not _same(y10, y1)
-    assert table.trace("sgd", 10.0, lr0).diverged and "diverged" in ex.figure.data[mine].name  # α² stiffer: blows up
+    status = ex.figure.data[ex._idx["status"]].text[0]
+    assert table.trace("sgd", 10.0, lr0).diverged and status.endswith(": diverged")  # α² stiffer: blows up
     for i, o in zip(ex._idx["best"], table.optimizers):  # the dotted best-η curves follow α too
         assert _same(_y(ex.figure.data[i]), table.trace(o, 10.0).losses)
     assert list(ex.figure.data[ex._idx["steps_marker"]].x) == [10.0, 10.0]
@@ -128,6 +130,10 @@ def test_race_explorer_live(table, monkeypatch):
     ex.controls["lr"].value = float(table.best_lr("adam")[2])
     assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0).losses)
     assert len(ex.latencies) == 2  # two updates, each timed (benchmarks/bench_widgets.py reports the times)
+    changes = [{"alpha": 10.0}, {"optimizer": "sgd", "lr": ex.tried("sgd", 10.0)[0]},
+               {"lr": ex.tried("sgd", 10.0)[-1]},
+               {"optimizer": "newton", "alpha": 1.0, "lr": ex.tried("newton", 1.0)[0]}]
+    assert assert_every_change_redraw_free(ex, changes) == len(changes)
 
 
 # ---------------------------------------------------------------- 04: the attacker
@@ -170,6 +176,8 @@ def test_attacker_explorer_headless_and_live(attacks):
     live.controls["alpha"].value = 100.0
     assert isinstance(live.figure, go.FigureWidget)
     assert _same(_y(live.figure.data[3]), attacks.runs["fused"][1].losses)
+    assert assert_every_change_redraw_free(live, [{"alpha": 1e4}, {"alpha": 1.0}]) == 2
+    assert "attacker: fuse(locked): τ in" in live.figure.data[12].text[0]
 
 
 def test_parameter_bill_is_L_d_squared():
@@ -218,5 +226,8 @@ def test_precision_explorer_live(vanish):
     ex.controls["dtype"].value = "bfloat16"
     np.testing.assert_allclose(ex.figure.data[ex._idx["frac"][0]].y, vanish.fraction("sgd", "bfloat16"))
     assert len(ex.latencies) == 2  # timed for benchmarks/bench_widgets.py, never asserted here
+    changes = [{"alpha": 1e3}, {"optimizer": "adam"}, {"dtype": "float32"}, {"alpha": 1.0, "optimizer": "sgd"}]
+    assert assert_every_change_redraw_free(ex, changes) == len(changes)
+    assert ex.figure.data[ex._idx["status"]].text[0].startswith("float32: u = 2^-24<br>")
     with pytest.raises(ValueError, match="dtype"):
         PrecisionExplorer(vanish, dtype="float16", live=False)

@@ -7,6 +7,7 @@ belongs to benchmarks/bench_widgets.py (every control of every explorer, new sta
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from _explorers import assert_every_change_redraw_free
 import torch
 
 import specdef_lite as sl
@@ -68,17 +69,24 @@ def test_conditioning_headless_lr_slider(cond):
 
 def test_conditioning_kappa_moves_contours_and_edge(cond):
     cond.set(kappa=10.0, lr=0.1)
-    z10 = np.array(cond.figure.data[0].z)
+    x10 = np.array(cond.figure.data[0].x, dtype=float)
     cond.set(kappa=100.0)
-    z100 = np.array(cond.figure.data[0].z)
+    x100, y100 = (np.array(v, dtype=float) for v in (cond.figure.data[0].x, cond.figure.data[0].y))
     assert cond.figure.data[7].x == (0.02,) * 3
-    # the contour grid is log₁₀ ℒ of the κ = 100 quadratic, checked at one grid point
+    # the contours are the level sets ½ dᵀAd = cⱼ of the κ = 100 quadratic, four decades of levels
     _, task = sl.problems.quadratic([1.0, 100.0], seed=0)
-    i, j = 7, 30
-    d = torch.tensor([cond._x[j], cond._y[i]], dtype=torch.float64) - task.theta_star
-    assert z100[i, j] == pytest.approx(max(np.log10(0.5 * float(d @ task.A @ d)), z100.max() - 4), rel=1e-12)
-    assert z100.max() - z100.min() == pytest.approx(4.0)  # four decades of contours around the valley
-    assert z100.shape == (41, 41) and not np.allclose(z10, z100)
+    c, _, _ = cond.contours(100.0)
+    assert len(c) == cond.levels == 24 and c[-1] / c[0] == pytest.approx(1e4, rel=1e-12)
+    ellipses = np.split(np.stack([x100, y100], axis=1), np.flatnonzero(np.isnan(x100)) + 1)
+    ellipses = [e[~np.isnan(e[:, 0])] for e in ellipses if np.isfinite(e).any()]
+    assert len(ellipses) == 24
+    for cj, e in zip(c, ellipses):
+        d = torch.tensor(e) - task.theta_star
+        np.testing.assert_allclose(0.5 * torch.einsum("ni,ij,nj->n", d, task.A, d).numpy(), cj, rtol=1e-12)
+    # the largest level touches the window's farthest corner: the window shows the four decades below it
+    corners = torch.tensor([[x, y] for x in cond._x for y in cond._y]) - task.theta_star
+    assert float((0.5 * torch.einsum("ni,ij,nj->n", corners, task.A, corners)).max()) == pytest.approx(c[-1], rel=1e-12)
+    assert not np.allclose(x10[:50], x100[:50])
     assert "diverged" in cond.figure.data[5].text[0]  # η = 0.1 > 2/λ_max = 0.02
 
 
@@ -126,6 +134,13 @@ def test_conditioning_live(monkeypatch):
         p = descent_path(10.0, lr, "GD", steps=60)
         np.testing.assert_allclose(ex.figure.data[4].y, np.maximum(p.losses / p.losses[0], 10 ** -16.4), rtol=1e-12)
     assert len(ex.latencies) == 20  # every update timed (for bench_widgets.py), none asserted here
+
+
+def test_conditioning_live_changes_redraw_only_their_traces():
+    ex = ConditioningExplorer(kappa=10.0, lr=0.1, steps=60, live=True)
+    changes = [{"kappa": 100.0}, {"lr": 0.01}, {"optimizer": "Adam"}, {"optimizer": "Newton", "lr": 1.0},
+               {"kappa": 1000.0}, {"optimizer": "GD", "kappa": 1.0, "lr": 0.5}]
+    assert assert_every_change_redraw_free(ex, changes) == len(changes)
     assert ex.widget().children[-1] is ex.figure
 
 
@@ -240,3 +255,38 @@ def test_deformation_live(toy, monkeypatch):
     sw, i = ex.sweep(1), len(ex.grid) - 10
     assert list(ex.figure.data[9].y) == [sw.sigma1_H[i], sw.bound[i]]
     assert ex.figure.data[9].x[0] == ex.grid[::-1][9]
+    changes = [{"k": 2}, {"alpha": float(ex.grid[0])}, {"k": 4, "alpha": float(ex.grid[-1])}, {"k": 1}]
+    assert assert_every_change_redraw_free(ex, changes) == len(changes)
+    # the axes were fixed over every (α, k): σᵢ(W̃) at the largest α and k lies inside its axis
+    lo, hi = ex.figure.layout.yaxis.range
+    ex.set(alpha=float(ex.grid[-1]), k=4)
+    y = np.log10(np.asarray(ex.figure.data[1].y, dtype=float))
+    assert lo < y.min() and y.max() < hi
+
+
+def test_fix_ranges_holds_the_data_and_the_frames():
+    from plotly.subplots import make_subplots
+
+    from specdef_lite.course.widgets._base import fix_ranges
+    fig = make_subplots(rows=1, cols=2)
+    fig.add_trace(go.Scatter(x=[1.0, 100.0], y=[None, 3.0]), 1, 1)
+    fig.add_trace(go.Bar(x=[1, 2], y=[2.0, 5.0]), 1, 2)
+    fig.update_xaxes(type="log", row=1, col=1)
+    fig.update_xaxes(range=[-7, 7], row=1, col=2)  # fixed already: left alone
+    fix_ranges(fig, [{0: {"y": [1.0, 5.0]}}])
+    assert fig.layout.xaxis.range == pytest.approx((-0.1, 2.1)) and fig.layout.xaxis.autorange is False
+    assert fig.layout.yaxis.range == pytest.approx((0.8, 5.2))  # 1 … 5 from the frame, 5 % of 4 each side
+    assert fig.layout.yaxis2.range == pytest.approx((0.0, 5.25))  # bars stand on 0
+    assert fig.layout.xaxis2.range == (-7, 7)
+
+
+def test_redraw_free_only_for_data_on_fixed_axes():
+    from specdef_lite.course.widgets._base import redraw_free
+    fig = go.Figure([go.Scatter(x=[1], y=[1]), go.Contour(z=[[1, 2], [3, 4]])])
+    assert not redraw_free(fig, {0: {"y": [2]}}, {})  # y autoranged: a transition would not rescale it
+    fig.update_layout(xaxis_range=[0, 2], yaxis_range=[0, 3])
+    assert redraw_free(fig, {0: {"y": [2], "marker.color": "red"}}, {})
+    assert not redraw_free(fig, {0: {"y": [2], "name": "new"}}, {})  # the legend would keep the old name
+    assert not redraw_free(fig, {1: {"z": [[0, 0], [0, 0]]}}, {})  # a contour has no transition
+    assert not redraw_free(fig, {0: {"y": [2]}}, {"title.text": "t"})
+    assert not redraw_free(fig, {}, {})

@@ -83,6 +83,11 @@ class AttackerExplorer(Explorer):
                                                    "<extra></extra>"), 1, 2)
         fig.add_trace(go.Scatter(x=[], y=[1, 1.6 * t.steps], mode="lines", line=dict(color="black", width=1),
                                  showlegend=False, hoverinfo="skip"), 1, 2)  # 11: current α
+        # 12: each run's outcome at α, in the empty corner below τ (text, not the legend: a legend that changes
+        # needs a redraw of the whole figure; see _base._LiveFigure.batch)
+        fig.add_trace(go.Scatter(x=[t.steps], y=[t.target * 10 ** -1.15], mode="text", text=[""],
+                                 textposition="top left", textfont=dict(size=12), showlegend=False,
+                                 hoverinfo="skip"), 1, 1)
         loss0 = t.extra.get("loss0", t.target * 10)
         fig.update_xaxes(title_text="step t", range=[0, t.steps], row=1, col=1)
         fig.update_yaxes(title_text="ℒ_H (log)", type="log", row=1, col=1,
@@ -96,12 +101,14 @@ class AttackerExplorer(Explorer):
         t = self.table
         i = t.index(alpha)
         a = float(t.alphas[i])
-        frame = {}
+        frame, notes = {}, []
         for j, key in zip((2, 3, 4), ("locked", "fused", "injected")):
             tr = t.runs[key][i]
             s = tr.steps_to(t.target)
             note = f"τ in {s} steps" if s is not None else ("diverged" if tr.diverged else "τ not reached")
-            frame[j] = {"x": list(range(len(tr.losses))), "y": gaps(tr.losses),
-                        "name": f"{CURVES[key][0]} ({note})"}
+            frame[j] = {"x": list(range(len(tr.losses))), "y": gaps(tr.losses)}
+            label, color, _, _ = CURVES[key]
+            notes.append(f'<span style="color:{color}">{label}: {note}</span>')
         frame[11] = {"x": [a, a]}
+        frame[12] = {"text": ["<br>".join(notes)]}
         return frame

@@ -14,7 +14,11 @@ what SpecDef does to a network, and the learner watches a learning rate that was
 ``ConditioningExplorer`` draws the path of GD, Adam or Newton on the loss contours, the loss per step and
 GD's contraction factor max|1 − ηλᵢ| against η with 2/λ_max marked. Its data come from the experiments
 layer: paths from ``experiments.descent.descent_path``, ρ(η) from ``experiments.kappa.gd_rate``.
-Costs: a path is ≤ ``steps`` optimizer steps on 2 parameters (~0.3 ms each), the contour grid (41×41) is computed once per κ, so a slider update costs a few tens of ms the first time and a lookup after.
+The contours are the level sets ½ dᵀAd = c, ellipses with semi-axes √(2c/λᵢ) along A's eigenvectors, drawn
+as lines from that formula (not a plotly contour trace: that one cannot change without redrawing the whole
+figure, see ``_base._LiveFigure.batch``).
+Costs: a path is ≤ ``steps`` optimizer steps on 2 parameters (~0.3 ms each), the contours are computed once
+per κ, so a slider update costs a few tens of ms the first time and a lookup after.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class ConditioningExplorer(Explorer):
     Args:
         kappa, lr, optimizer: the starting state.
         steps: steps drawn per path; seed: the quadratic's seed (rotation, θ*, θ₀).
+        levels: contour levels, equally spaced in log₁₀ ℒ over the four decades below the window's largest ℒ.
         live: None (decide, see ``display.is_live``), True (FigureWidget) or False (static figure).
     """
 
@@ -55,11 +60,13 @@ class ConditioningExplorer(Explorer):
     PER_DECADE = 8
 
     def __init__(self, kappa: float = 10.0, lr: float = 0.1, optimizer: str = "GD", *, steps: int = 100,
-                 seed: int = 0, grid_points: int = 41, live: bool | None = None):
+                 seed: int = 0, levels: int = 24, live: bool | None = None):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self._start = dict(kappa=float(kappa), lr=float(lr), optimizer=optimizer)
-        self.steps, self.seed, self.grid_points = int(steps), int(seed), int(grid_points)
+        self.steps, self.seed, self.levels = int(steps), int(seed), int(levels)
+        if self.levels < 2:
+            raise ValueError(f"levels must be at least 2, got {levels}")
         lo, hi = self.LR_RANGE
         self.grid = 10 ** np.linspace(lo, hi, int(round((hi - lo) * self.PER_DECADE)) + 1)  # η grid (static)
         self._eta_axis = 10 ** np.linspace(lo, hi, 200)
@@ -67,10 +74,10 @@ class ConditioningExplorer(Explorer):
         self.theta_star = task.theta_star.numpy().copy()
         self.theta0 = model.theta.detach().numpy().copy()
         half = 1.25 * float(np.linalg.norm(self.theta0 - self.theta_star))
-        self._x = self.theta_star[0] + np.linspace(-half, half, self.grid_points)
-        self._y = self.theta_star[1] + np.linspace(-half, half, self.grid_points)
+        self._x = self.theta_star[0] + np.array([-half, half])  # the window's θ₁ and θ₂ ranges
+        self._y = self.theta_star[1] + np.array([-half, half])
         self._shown_kappa: float | None = None
-        self._z: dict[float, np.ndarray] = {}  # κ -> log₁₀ ℒ on the contour grid
+        self._contours: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # κ -> (levels, x, y)
         super().__init__(live=live)
 
     # --- Explorer interface --------------------------------------------------------------------------
@@ -89,10 +96,8 @@ class ConditioningExplorer(Explorer):
         fig = make_subplots(rows=1, cols=3, column_widths=[0.34, 0.33, 0.33], horizontal_spacing=0.075,
                             subplot_titles=("path on the contours of log₁₀ ℒ", "loss per step",
                                             "GD's contraction ρ(η) per step"))
-        fig.add_trace(go.Contour(x0=float(self._x[0]), dx=float(self._x[1] - self._x[0]), y0=float(self._y[0]),
-                                 dy=float(self._y[1] - self._y[0]), z=np.zeros((self.grid_points, self.grid_points)),
-                                 colorscale="Blues", reversescale=True, ncontours=24, showscale=False,
-                                 line=dict(width=0.5), hoverinfo="skip", name="log₁₀ ℒ"), 1, 1)  # 0
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line=dict(color="#6a9ccf", width=1), hoverinfo="skip",
+                                 showlegend=False, name="contours of log₁₀ ℒ"), 1, 1)  # 0
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", marker=dict(size=4), line=dict(width=2),
                                  name="path"), 1, 1)  # 1
         fig.add_trace(go.Scatter(x=[self.theta_star[0]], y=[self.theta_star[1]], mode="markers",
@@ -148,20 +153,28 @@ class ConditioningExplorer(Explorer):
 
     # --- helpers -------------------------------------------------------------------------------------
     def _kappa_traces(self, kappa: float) -> dict[int, dict]:
-        return {0: {"z": self._log_loss_grid(kappa)}, 6: {"y": np.minimum(gd_rate(self._eta_axis, kappa), 2.1)},
+        _, x, y = self.contours(kappa)
+        return {0: {"x": x, "y": y}, 6: {"y": np.minimum(gd_rate(self._eta_axis, kappa), 2.1)},
                 7: {"x": [2.0 / kappa] * 3}}
 
-    def _log_loss_grid(self, kappa: float) -> np.ndarray:
-        """log₁₀ ℒ on the (grid_points × grid_points) window, computed once per κ (cached)."""
-        if kappa in self._z:
-            return self._z[kappa]
-        _, task = quadratic([1.0, kappa], seed=self.seed)
-        A = task.A.numpy()
-        dx, dy = np.meshgrid(self._x - self.theta_star[0], self._y - self.theta_star[1])  # (ny, nx) each
-        d = np.stack([dx, dy], axis=-1)  # (ny, nx, 2)
-        z = np.log10(0.5 * np.einsum("...i,ij,...j->...", d, A, d) + 1e-300)
-        self._z[kappa] = np.maximum(z, z.max() - 4.0)  # four decades of contours: the valley's shape, not the pit
-        return self._z[kappa]
+    def contours(self, kappa: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(c, x, y): the levels ℒ = cⱼ and their ellipses θ* + Q diag(√(2cⱼ/λ)) (cos t, sin t), one after
+        the other, NaN between two (a gap). The levels are equally spaced in log₁₀ ℒ over the four decades
+        below the largest ℒ in the window (at a corner: ℒ is convex), as a contour plot of log₁₀ ℒ would show
+        the valley's shape rather than the pit. Computed once per κ (cached)."""
+        if kappa not in self._contours:
+            _, task = quadratic([1.0, kappa], seed=self.seed)
+            A = task.A.numpy()
+            lam, Q = np.linalg.eigh(A)
+            corners = np.array([[x, y] for x in self._x for y in self._y]) - self.theta_star
+            top = float(np.max(0.5 * np.einsum("ni,ij,nj->n", corners, A, corners)))
+            c = top * 10.0 ** np.linspace(-4.0, 0.0, self.levels)
+            t = np.append(np.linspace(0.0, 2 * np.pi, 97), np.nan)  # 96 chords an ellipse, then a gap
+            unit = np.stack([np.cos(t), np.sin(t)])  # (2, 98)
+            pts = [self.theta_star[:, None] + Q @ (np.sqrt(2 * cj / lam)[:, None] * unit) for cj in c]
+            xy = np.concatenate(pts, axis=1)
+            self._contours[kappa] = (c, xy[0], xy[1])
+        return self._contours[kappa]
 
 
 def _verdict(p: Path, kappa: float, steps: int) -> str:

@@ -125,6 +125,10 @@ class DeformationExplorer(Explorer):
         fig.update_yaxes(title_text="σ₁ (log scale)", type="log", exponentformat="power", row=1, col=3)
         return fit_layout(fig, height=540, top=125, legend_y=1.1, left=55, hovermode="closest")
 
+    def range_frames(self):
+        """Every (α, k) the controls reach, all swept already when live: the axes hold them all."""
+        return [self.frame(alpha=a, k=k) for k in self._sweeps for a in self.grid]
+
     def compute(self, *, alpha: float, k: int) -> dict[int, dict]:
         sw = self.sweep(k)
         i = sw.index(alpha)
@@ -142,8 +146,13 @@ class DeformationExplorer(Explorer):
             7: {"y": sw.bound},
             8: {"y": guide},
             9: {"x": [a[i], a[i]], "y": [sw.sigma1_H[i], sw.bound[i]]},
-            10: {"x": [a[0]], "y": [sw.sigma1_H[-1]], "text": [text]},
+            10: {"x": [a[0]], "y": [self._text_top()], "text": [text]},
         }
+
+    def _text_top(self) -> float:
+        """Where the verdict hangs from: 3.5 decades above the highest curve of any k swept (the slope-2
+        guide at the largest α), so its four lines sit above every curve whichever k is shown."""
+        return 10 ** 3.5 * max(10 * float(s.sigma1_H[-1]) for s in self._sweeps.values())
 
     def at(self, alpha: float | None = None, k: int | None = None) -> DeformationPoint:
         """The numbers shown at (α, k) (default: the current state), for prose and tests."""

@@ -73,7 +73,7 @@ class PrecisionExplorer(Explorer):
                                  fillcolor="rgba(0,0,0,0.15)", name="rounding band u/2 … u",
                                  hoverinfo="skip"), 1, 1)  # 3
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line=dict(color="black", dash="dash"),
-                                 name="", hoverinfo="skip"), 1, 1)  # 4: relative resolution u
+                                 name="relative resolution u of the format", hoverinfo="skip"), 1, 1)  # 4
         a = t.alphas.tolist()
         for o in t.lrs:  # 5, 6: vanishing share vs α
             label, dash = OPT_STYLE.get(o, (o, "solid"))
@@ -83,25 +83,42 @@ class PrecisionExplorer(Explorer):
                                  symbol="circle-open", line=dict(width=3)), showlegend=False,
                                  hoverinfo="skip"), 1, 2)  # 5 + n_opt: current α
         if t.forward_errors:
-            fig.add_trace(go.Scatter(x=a, y=[], mode="lines+markers", name="forward error ‖f̃ − f‖/‖f‖",
+            fig.add_trace(go.Scatter(x=a, y=[], mode="lines+markers",
+                                     name="forward error ‖f̃ − f‖/‖f‖ in that format",
                                      line=dict(color="#9467bd")), 2, 2)
             fig.add_trace(go.Scatter(x=a, y=[], mode="lines", name="α·u guide", line=dict(color="#9467bd", dash="dot")),
                           2, 2)
             fig.add_trace(go.Scatter(x=[], y=[], mode="markers", marker=dict(size=14, color="#ff7f0e",
                                      symbol="circle-open", line=dict(width=3)), showlegend=False,
                                      hoverinfo="skip"), 2, 2)
+        # the format, η and the share lost, in the top of the histogram (a fifth of its height kept free of bars):
+        # text, not a legend name, since a legend that changes needs a redraw of the whole figure (_base)
+        top = 1.25 * self._counts_max()
+        fig.add_trace(go.Scatter(x=[BINS[0] + 0.5], y=[top], mode="text", text=[""], textposition="bottom right",
+                                 textfont=dict(size=12), showlegend=False, hoverinfo="skip"), 1, 1)
         n_opt = len(t.lrs)
         self._idx = dict(hist=[0, 1, 2], band=3, line=4, frac=list(range(5, 5 + n_opt)), frac_marker=5 + n_opt,
-                         err=6 + n_opt if t.forward_errors else None)
+                         err=6 + n_opt if t.forward_errors else None, status=len(fig.data) - 1)
         fig.update_xaxes(title_text="log₁₀ |Δᵢ|/|wᵢ|  (left of the band: lost to rounding)", row=1, col=1,
                          range=[BINS[0], BINS[-1]])
-        fig.update_yaxes(title_text="parameter entries", row=1, col=1)
+        fig.update_yaxes(title_text="parameter entries", range=[0, top], row=1, col=1)
         fig.update_layout(barmode="overlay")
         fig.update_xaxes(title_text="α (log)", type="log", row=1, col=2, **log_ticks())
         fig.update_yaxes(title_text="fraction fl(w + Δ) = w", range=[-0.05, 1.05], row=1, col=2)
         fig.update_xaxes(title_text="α (log)", type="log", row=2, col=2, **log_ticks())
         fig.update_yaxes(title_text="relative error (log)", type="log", row=2, col=2, exponentformat="power")
         return fit_layout(fig, height=680, top=120, legend_y=1.08)
+
+    def _counts_max(self) -> int:
+        """The tallest histogram bar over every α and optimizer (the bars do not depend on the format)."""
+        t = self.table
+        return max([1] + [max(_hist(rel[t.groups == g]) or [0]) for o in t.lrs for rel in t.rel_updates[o]
+                          for g in GROUPS])
+
+    def range_frames(self):
+        """One frame per format (the forward error and the α·u guide move with it; the rest is α-indexed)."""
+        state = self.state()
+        return [self.frame(**{**state, "dtype": d}) for d in self.table.dtypes]
 
     def compute(self, alpha, dtype, optimizer) -> dict:
         t = self.table
@@ -120,16 +137,16 @@ class PrecisionExplorer(Explorer):
         frame[self._idx["band"]] = {"x": [lo, hi, hi, lo, lo], "y": [0, 0, top, top, 0]}
         lr = float(t.lrs[optimizer][i])
         lost = float(t.fraction(optimizer, dtype)[i])
-        frame[self._idx["line"]] = {"x": [hi, hi], "y": [0, top],
-                                    "name": f"u = 2^{round(math.log2(u))} ({dtype}); η = {fmt(lr)}, "
-                                            f"{100 * lost:.1f} % vanish"}
+        frame[self._idx["line"]] = {"x": [hi, hi], "y": [0, top]}
+        frame[self._idx["status"]] = {"text": [f"{dtype}: u = 2^{round(math.log2(u))}<br>η = {fmt(lr)}: "
+                                               f"{100 * lost:.1f} % vanish"]}
         for j, o in zip(self._idx["frac"], t.lrs):
             frame[j] = {"y": t.fraction(o, dtype).tolist()}
         frame[self._idx["frac_marker"]] = {"x": [a], "y": [lost]}
         if self._idx["err"] is not None:
             e = t.forward_errors[dtype]
             k = self._idx["err"]
-            frame[k] = {"y": e.tolist(), "name": f"forward error in {dtype}"}
+            frame[k] = {"y": e.tolist()}
             frame[k + 1] = {"y": (t.alphas * u).tolist()}
             frame[k + 2] = {"x": [a], "y": [float(e[i])]}
         return frame

@@ -149,8 +149,12 @@ class RaceExplorer(Explorer):
         lo_lr = min(lr_all) if lr_all else 1e-6
         fig.add_trace(go.Scatter(x=[], y=[lo_lr / 3, 10], mode="lines", line=dict(color="black", width=1),
                                  showlegend=False, hoverinfo="skip"), 2, 2)
+        # your run's outcome, top right of the loss plot (text, not its legend name: a legend that changes needs
+        # a redraw of the whole figure; see _base._LiveFigure.batch)
+        fig.add_trace(go.Scatter(x=[n_max], y=[t.loss0 * 10 ** 1.9], mode="text", text=[""], textposition="bottom left",
+                                 textfont=dict(size=12), showlegend=False, hoverinfo="skip"), 1, 1)
         self._idx = dict(best=list(range(len(opts))), mine=len(opts), steps_marker=len(opts) + 2 + 2 * len(opts),
-                         lr_marker=len(fig.data) - 1)
+                         lr_marker=len(fig.data) - 2, status=len(fig.data) - 1)
         fig.update_xaxes(title_text="step t", range=[0, n_max], row=1, col=1)
         fig.update_yaxes(title_text="ℒ_H (log)", type="log", row=1, col=1,
                          range=[math.log10(t.target) - 1.2, math.log10(t.loss0) + 2], **log_ticks())
@@ -171,8 +175,9 @@ class RaceExplorer(Explorer):
         mine = t.trace(optimizer, a, lr)
         s = mine.steps_to(t.target)
         status = "diverged" if mine.diverged else (f"τ in {s} steps" if s is not None else "τ not reached")
-        frame[self._idx["mine"]] = {"x": list(range(len(mine.losses))), "y": gaps(mine.losses),
-                                    "name": f"your run: {LABELS.get(optimizer, optimizer)}, η={_eta(lr)} ({status})"}
+        frame[self._idx["mine"]] = {"x": list(range(len(mine.losses))), "y": gaps(mine.losses)}
+        label = LABELS.get(optimizer, optimizer)
+        frame[self._idx["status"]] = {"text": [f"your run: {label}, η = {_eta(lr)}: {status}"]}
         frame[self._idx["steps_marker"]] = {"x": [a, a]}
         frame[self._idx["lr_marker"]] = {"x": [a, a]}
         return frame
