@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specdef_lite.course.widgets._base import DATA_ONLY, INSTANT
+from specdef_lite.course.widgets.live import DATA_ONLY, INSTANT
 
 
 def sent_by(explorer, **values: Any) -> list[tuple[str, dict]]:

@@ -13,7 +13,7 @@ import torch
 import specdef_lite as sl
 from specdef_lite.common.display import fmt
 from specdef_lite.experiments.deformation import deformation_sweep
-from specdef_lite.experiments.descent import descent_path
+from specdef_lite.experiments.descent import FLOOR, descent_path
 from specdef_lite.experiments.kappa import gd_rate, steps_vs_kappa
 from specdef_lite.experiments.plots import loss_curves_figure
 from specdef_lite.course.widgets import conditioning as conditioning_module
@@ -42,14 +42,25 @@ def test_gd_rate_edge_is_two_over_lambda_max():
 
 
 def test_descent_path_matches_the_library_training_loop():
+    # the explorer's numpy loops follow the library's optimizers (torch.optim's SGD and Adam, Newton) step for step
     model, task = sl.problems.quadratic([1.0, 30.0], seed=0)
-    runs = sl.race(model, task, {"GD": ("sgd", 0.05), "Adam": ("adam", 0.3)}, 40)
-    for opt, lr in [("GD", 0.05), ("Adam", 0.3)]:
-        p = descent_path(30.0, lr, opt, steps=40)
-        np.testing.assert_allclose(p.losses, runs[opt].losses, rtol=1e-12, atol=0)
+    settings = {"GD": ("sgd", 0.05), "Adam": ("adam", 0.3), "Newton": {"name": "newton", "lr": 0.5, "damping": 0.0},
+                "GD, diverging": ("sgd", 0.07)}
+    runs = sl.race(model, task, settings, 40)
+    for label, spec in settings.items():
+        lr = spec["lr"] if isinstance(spec, dict) else spec[1]
+        p = descent_path(30.0, lr, label.split(",")[0], steps=40)
+        n = len(p.losses)  # a path stops where it diverges or reaches float64 rounding; train runs on
+        # equal to rounding: relative 1e-12, or FLOOR·ℒ₀ absolute where θ − θ* is down to the rounding of θ
+        # (Newton halves it each step here; measured: GD and Adam within 2.3e-15 relative, Newton 1.7e-20·ℒ₀)
+        np.testing.assert_allclose(p.losses, runs[label].losses[:n], rtol=1e-12, atol=FLOOR * p.losses[0],
+                                   err_msg=label)
         # the path's loss is ½(θ − θ*)ᵀA(θ − θ*) of its own iterates
         d = p.theta - p.theta_star
         np.testing.assert_allclose(0.5 * np.einsum("ti,ij,tj->t", d, task.A.numpy(), d), p.losses, rtol=1e-10)
+    assert descent_path(30.0, 0.07, "GD", steps=40).diverged_at is not None
+    with pytest.raises(ValueError, match="lr"):
+        descent_path(30.0, -0.1, "GD")
 
 
 def test_conditioning_headless_lr_slider(cond):
@@ -267,7 +278,7 @@ def test_deformation_live(toy, monkeypatch):
 def test_fix_ranges_holds_the_data_and_the_frames():
     from plotly.subplots import make_subplots
 
-    from specdef_lite.course.widgets._base import fix_ranges
+    from specdef_lite.course.widgets.live import fix_ranges
     fig = make_subplots(rows=1, cols=2)
     fig.add_trace(go.Scatter(x=[1.0, 100.0], y=[None, 3.0]), 1, 1)
     fig.add_trace(go.Bar(x=[1, 2], y=[2.0, 5.0]), 1, 2)
@@ -281,7 +292,7 @@ def test_fix_ranges_holds_the_data_and_the_frames():
 
 
 def test_redraw_free_only_for_data_on_fixed_axes():
-    from specdef_lite.course.widgets._base import redraw_free
+    from specdef_lite.course.widgets.live import redraw_free
     fig = go.Figure([go.Scatter(x=[1], y=[1]), go.Contour(z=[[1, 2], [3, 4]])])
     assert not redraw_free(fig, {0: {"y": [2]}}, {})  # y autoranged: a transition would not rescale it
     fig.update_layout(xaxis_range=[0, 2], yaxis_range=[0, 3])

@@ -34,7 +34,7 @@ _EXPORTS = {
     "Sweep": "sweep", "Race": "sweep", "lr_sweep": "sweep", "race": "sweep",
     "KappaSweep": "kappa", "steps_vs_kappa": "kappa", "gd_rate": "kappa", "gd_theory_steps": "kappa",
     "best_fixed_step_steps": "kappa",
-    "Path": "descent", "descent_path": "descent",
+    "Path": "descent", "descent_path": "descent", "quadratic_arrays": "descent",
     "DeformationSweep": "deformation", "DeformationPoint": "deformation", "deformation_sweep": "deformation",
     "SpectrumFamilies": "families", "spectrum_families": "families", "pulled_curvature": "families",
     "RaceTable": "race", "race_table": "race",

@@ -4,15 +4,14 @@ The pattern of STYLE.md §8: build the figure once with every trace it will need
 looks the new state up in a cache (or computes it once) and assigns trace data inside one batch, so the
 browser gets one message per change: live, the axes are fixed over what the controls reach (``fix_ranges``)
 and the names in the legend never change, so that message is a transition that redraws only the edited
-traces (``_LiveFigure.batch``) rather than the whole figure. The same ``frame`` function feeds
+traces (``live.LiveFigure.batch``) rather than the whole figure. The same ``frame`` function feeds
 the static figure, whose own plotly slider steps through the precomputed frames of one control (α), so a
 page without a kernel keeps a working slider. Tests call ``explorer.set(alpha=…)`` and read traces.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,141 +19,7 @@ import plotly.graph_objects as go
 
 from ...common.display import explorer_bundle, fmt, is_live, plain, slider_figure
 from ...experiments.grid import nearest
-
-Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
-
-
-class _LiveFigure(go.FigureWidget):
-    """A ``FigureWidget`` whose comm opens once it is complete, so the front end gets the model in one message.
-
-    plotly opens the widget's comm in its constructor, before it fills ``_widget_data`` / ``_widget_layout``
-    (the state its view draws from), which then follow as separate updates. With several notebooks
-    rendering at once on a loaded machine (tests/test_browser.py), a view was sometimes drawn from the
-    comm_open state alone: an empty plot that stayed empty, since later updates only restyle existing
-    traces. Opened at the end of the constructor, the model carries its figure, and nothing is sent
-    until a control moves.
-
-    Two traits are set before opening:
-    * ``_view_count = None`` — ipywidgets' default. plotly turns view counting on (0) and never reads it;
-      every view then syncs its removal, and closing a notebook (kernel connection gone first) logged
-      "Could not send widget sync message" in the page console.
-    * ``_config = {"responsive": True}`` — plotly.js follows the window, so the plot stays inside the
-      output area at any window width.
-    """
-
-    def __init__(self, *args, **kwargs):
-        self._deferred_open = True
-        super().__init__(*args, **kwargs)
-        self._view_count = None
-        self._config = {"responsive": True, "displaylogo": False}
-        self._deferred_open = False
-        self.open()
-
-    def open(self):
-        if not getattr(self, "_deferred_open", False):
-            super().open()
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """``batch_update``, except that an edit plotly.js can draw without redrawing the figure
-        (``redraw_free``) goes as a zero-length ``Plotly.animate``: only the edited traces are redrawn.
-
-        ``Plotly.update`` with new data redraws everything — defaults, every axis and its tick labels, the
-        legend, every trace — which took 30–60 ms of the 60–120 ms from plotly's message to the changed frame
-        in JupyterLab (a CPU profile of notebook 01); a transition redraws the edited traces only.
-        ``batch_animate`` cannot be used as it is: its frame options leave ``redraw`` at plotly.js's default
-        (true), a full redraw after the transition."""
-        if self._in_batch_mode:
-            yield
-            return
-        self._in_batch_mode = True
-        try:
-            yield
-        finally:
-            self._in_batch_mode = False
-            if redraw_free(self, self._batch_trace_edits, self._batch_layout_edits):
-                self._perform_batch_animate(INSTANT)  # sends Plotly.animate, clears the batch
-            else:
-                restyle, relayout, idx = self._build_update_params_from_batch()
-                self.plotly_update(restyle_data=restyle, relayout_data=relayout, trace_indexes=idx)
-                self._batch_layout_edits.clear()
-                self._batch_trace_edits.clear()
-
-
-# Plotly.animate's options for an instant change: no easing, and no redraw of the whole figure afterwards.
-INSTANT = {"transition": {"duration": 0, "easing": "linear"}, "frame": {"duration": 0, "redraw": False},
-           "mode": "immediate"}
-ANIMATABLE = frozenset({"scatter", "bar"})  # plotly.js trace types whose layer a transition redraws
-DATA_ONLY = frozenset({"x", "y", "text", "marker.color", "line.color"})  # what a transition draws in full
-
-
-def redraw_free(fig: go.Figure, trace_edits: dict[int, dict], layout_edits: dict) -> bool:
-    """True when plotly.js can show these edits by redrawing the edited traces alone: no layout edit, and
-    each edited trace a scatter or bar whose edits are data (``DATA_ONLY``: no legend name) on axes with
-    fixed ranges — a transition neither redraws the legend nor re-runs autorange."""
-    if layout_edits or not trace_edits:
-        return False
-    for i, edits in trace_edits.items():
-        trace = fig.data[i]
-        if trace.type not in ANIMATABLE or not set(edits) <= DATA_ONLY:
-            return False
-        if not all(_fixed(fig.layout[_axis_key(a)]) for a in (trace.xaxis or "x", trace.yaxis or "y")):
-            return False
-    return True
-
-
-def _axis_key(axis_id: str) -> str:
-    """A trace's axis id ("x", "y2") → its layout key ("xaxis", "yaxis2")."""
-    return axis_id[0] + "axis" + axis_id[1:]
-
-
-def _fixed(axis) -> bool:
-    return axis.range is not None and axis.autorange in (None, False)
-
-
-def fix_ranges(fig: go.Figure, frames: Iterable[Frame] = ()) -> go.Figure:
-    """Fix every autoranged axis at the range autorange would give over the figure's data and ``frames``.
-
-    The extent of each axis's data (log₁₀ of the positive values on a log axis; 0 included under bars), padded
-    by 5 % of its span on each side (half a unit when the span is 0). An explorer whose controls only move
-    data inside these ranges can then be updated without a redraw (``redraw_free``), and its axes stay put
-    while a slider moves — the same scale before and after, as a comparison needs."""
-    values: dict[str, list[float]] = {}
-    per_trace = [[t.to_plotly_json()] for t in fig.data]
-    for frame in frames:
-        for i, attrs in frame.items():
-            per_trace[i].append(attrs)
-    for trace, seen in zip(fig.data, per_trace):
-        for dim in ("x", "y"):
-            key = _axis_key(getattr(trace, dim + "axis") or dim)
-            axis = fig.layout[key]
-            if _fixed(axis):
-                continue
-            vals = values.setdefault(key, [])
-            for attrs in seen:
-                v = attrs.get(dim)
-                if v is not None:
-                    vals.extend(float(x) for x in np.ravel(np.asarray(plain(v), dtype=object)) if x is not None)
-            if trace.type == "bar" and dim == ("y" if trace.orientation != "h" else "x"):
-                vals.append(0.0)
-    for key, vals in values.items():
-        axis = fig.layout[key]
-        v = np.asarray(vals, dtype=float)
-        v = v[np.isfinite(v)]
-        if axis.type == "log":
-            v = np.log10(v[v > 0])
-        if v.size == 0:
-            continue
-        lo, hi = float(v.min()), float(v.max())
-        pad = 0.05 * (hi - lo) if hi > lo else 0.5
-        low = lo if (axis.type != "log" and lo == 0.0 and v.min() >= 0 and _bars_on(fig, key)) else lo - pad
-        axis.update(range=[low, hi + pad], autorange=False)
-    return fig
-
-
-def _bars_on(fig: go.Figure, key: str) -> bool:
-    return any(t.type == "bar" and _axis_key(t.yaxis or "y") == key for t in fig.data)
-
+from .live import Frame, LiveFigure, fix_ranges
 
 class Explorer:
     """One interactive figure. Subclasses define ``controls``, ``build_figure()`` and ``compute(**state)``.
@@ -182,7 +47,7 @@ class Explorer:
         if live:  # axes fixed over what the controls reach, so a control change needs no redraw (``redraw_free``)
             fix_ranges(self.figure, self.range_frames())
         if live:  # plain lists only: see display.plain (a numpy array here logs a ValueError on every update)
-            self.figure = _LiveFigure(data=[plain(t.to_plotly_json()) for t in self.figure.data],
+            self.figure = LiveFigure(data=[plain(t.to_plotly_json()) for t in self.figure.data],
                                       layout=plain(self.figure.layout.to_plotly_json()))
             for name, w in self.controls.items():
                 w.observe(self._on_change, names="value")

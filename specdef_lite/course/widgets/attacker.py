@@ -84,7 +84,7 @@ class AttackerExplorer(Explorer):
         fig.add_trace(go.Scatter(x=[], y=[1, 1.6 * t.steps], mode="lines", line=dict(color="black", width=1),
                                  showlegend=False, hoverinfo="skip"), 1, 2)  # 11: current α
         # 12: each run's outcome at α, in the empty corner below τ (text, not the legend: a legend that changes
-        # needs a redraw of the whole figure; see _base._LiveFigure.batch)
+        # needs a redraw of the whole figure; see live.LiveFigure.batch)
         fig.add_trace(go.Scatter(x=[t.steps], y=[t.target * 10 ** -1.15], mode="text", text=[""],
                                  textposition="top left", textfont=dict(size=12), showlegend=False,
                                  hoverinfo="skip"), 1, 1)

@@ -16,7 +16,7 @@ GD's contraction factor max|1 − ηλᵢ| against η with 2/λ_max marked. Its 
 layer: paths from ``experiments.descent.descent_path``, ρ(η) from ``experiments.kappa.gd_rate``.
 The contours are the level sets ½ dᵀAd = c, ellipses with semi-axes √(2c/λᵢ) along A's eigenvectors, drawn
 as lines from that formula (not a plotly contour trace: that one cannot change without redrawing the whole
-figure, see ``_base._LiveFigure.batch``).
+figure, see ``live.LiveFigure.batch``).
 Costs: a path is ≤ ``steps`` optimizer steps on 2 parameters (~0.3 ms each), the contours are computed once
 per κ, so a slider update costs a few tens of ms the first time and a lookup after.
 """
@@ -29,9 +29,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ...common.display import fmt
-from ...experiments.descent import OPTIMIZERS, Path, descent_path
+from ...experiments.descent import OPTIMIZERS, Path, descent_path, quadratic_arrays
 from ...experiments.kappa import gd_rate
-from ...optim.problems import quadratic
 from ._base import Explorer, fit_layout
 
 __all__ = ["ConditioningExplorer"]
@@ -70,9 +69,8 @@ class ConditioningExplorer(Explorer):
         lo, hi = self.LR_RANGE
         self.grid = 10 ** np.linspace(lo, hi, int(round((hi - lo) * self.PER_DECADE)) + 1)  # η grid (static)
         self._eta_axis = 10 ** np.linspace(lo, hi, 200)
-        model, task = quadratic([1.0, 1.0], seed=self.seed)  # θ*, θ₀ do not depend on κ
-        self.theta_star = task.theta_star.numpy().copy()
-        self.theta0 = model.theta.detach().numpy().copy()
+        _, theta_star, theta0 = quadratic_arrays(1.0, self.seed)  # θ*, θ₀ do not depend on κ
+        self.theta_star, self.theta0 = theta_star.copy(), theta0.copy()
         half = 1.25 * float(np.linalg.norm(self.theta0 - self.theta_star))
         self._x = self.theta_star[0] + np.array([-half, half])  # the window's θ₁ and θ₂ ranges
         self._y = self.theta_star[1] + np.array([-half, half])
@@ -163,8 +161,7 @@ class ConditioningExplorer(Explorer):
         below the largest ℒ in the window (at a corner: ℒ is convex), as a contour plot of log₁₀ ℒ would show
         the valley's shape rather than the pit. Computed once per κ (cached)."""
         if kappa not in self._contours:
-            _, task = quadratic([1.0, kappa], seed=self.seed)
-            A = task.A.numpy()
+            A = quadratic_arrays(float(kappa), self.seed)[0]
             lam, Q = np.linalg.eigh(A)
             corners = np.array([[x, y] for x in self._x for y in self._y]) - self.theta_star
             top = float(np.max(0.5 * np.einsum("ni,ij,nj->n", corners, A, corners)))

@@ -92,7 +92,7 @@ class PrecisionExplorer(Explorer):
                                      symbol="circle-open", line=dict(width=3)), showlegend=False,
                                      hoverinfo="skip"), 2, 2)
         # the format, η and the share lost, in the top of the histogram (a fifth of its height kept free of bars):
-        # text, not a legend name, since a legend that changes needs a redraw of the whole figure (_base)
+        # text, not a legend name, since a legend that changes needs a redraw of the whole figure (live.LiveFigure.batch)
         top = 1.25 * self._counts_max()
         fig.add_trace(go.Scatter(x=[BINS[0] + 0.5], y=[top], mode="text", text=[""], textposition="bottom right",
                                  textfont=dict(size=12), showlegend=False, hoverinfo="skip"), 1, 1)

@@ -150,7 +150,7 @@ class RaceExplorer(Explorer):
         fig.add_trace(go.Scatter(x=[], y=[lo_lr / 3, 10], mode="lines", line=dict(color="black", width=1),
                                  showlegend=False, hoverinfo="skip"), 2, 2)
         # your run's outcome, top right of the loss plot (text, not its legend name: a legend that changes needs
-        # a redraw of the whole figure; see _base._LiveFigure.batch)
+        # a redraw of the whole figure; see live.LiveFigure.batch)
         fig.add_trace(go.Scatter(x=[n_max], y=[t.loss0 * 10 ** 1.9], mode="text", text=[""], textposition="bottom left",
                                  textfont=dict(size=12), showlegend=False, hoverinfo="skip"), 1, 1)
         self._idx = dict(best=list(range(len(opts))), mine=len(opts), steps_marker=len(opts) + 2 + 2 * len(opts),
