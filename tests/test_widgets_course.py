@@ -91,6 +91,11 @@ def test_conditioning_kappa_moves_contours_and_edge(cond):
     ellipses = np.split(np.stack([x100, y100], axis=1), np.flatnonzero(np.isnan(x100)) + 1)
     ellipses = [e[~np.isnan(e[:, 0])] for e in ellipses if np.isfinite(e).any()]
     assert len(ellipses) == 24
+    _, x, y = cond.contours(100.0)  # the figure shows them to 1e-4
+    np.testing.assert_allclose(x100, x, rtol=0, atol=5e-5)
+    np.testing.assert_allclose(y100, y, rtol=0, atol=5e-5)
+    xy = np.stack([x, y], axis=1)
+    ellipses = [e[~np.isnan(e[:, 0])] for e in np.split(xy, np.flatnonzero(np.isnan(x)) + 1) if np.isfinite(e).any()]
     for cj, e in zip(c, ellipses):
         d = torch.tensor(e) - task.theta_star
         np.testing.assert_allclose(0.5 * torch.einsum("ni,ij,nj->n", d, task.A, d).numpy(), cj, rtol=1e-12)

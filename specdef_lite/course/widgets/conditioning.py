@@ -152,8 +152,9 @@ class ConditioningExplorer(Explorer):
     # --- helpers -------------------------------------------------------------------------------------
     def _kappa_traces(self, kappa: float) -> dict[int, dict]:
         _, x, y = self.contours(kappa)
-        return {0: {"x": x, "y": y}, 6: {"y": np.minimum(gd_rate(self._eta_axis, kappa), 2.1)},
-                7: {"x": [2.0 / kappa] * 3}}
+        # drawn to 1e-4 (a hundredth of a pixel here): 4 decimals, not 17 digits, per number sent to the page
+        return {0: {"x": np.round(x, 4), "y": np.round(y, 4)},
+                6: {"y": np.minimum(gd_rate(self._eta_axis, kappa), 2.1)}, 7: {"x": [2.0 / kappa] * 3}}
 
     def contours(self, kappa: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(c, x, y): the levels ℒ = cⱼ and their ellipses θ* + Q diag(√(2cⱼ/λ)) (cos t, sin t), one after
