@@ -160,7 +160,7 @@ def main() -> None:
                             f"{m['traces']} | {built:.0f} s |")
     worst_python = max(headline) if headline else float("nan")
     b_rows = browser["rows"] if browser else []
-    worst = max((r["median_ms"] for r in b_rows), default=float("nan"))
+    worst = max((_judged(r) for r in b_rows), default=float("nan"))
     met = bool(b_rows) and worst <= TARGET_MS
     print(f"""## Control-update latency of the explorers
 
@@ -168,8 +168,11 @@ def main() -> None:
 (headless Chromium, 900 px output area, network refused) the way a student does: sliders by arrow keys,
 toggle buttons and drop-downs by clicks; each action's time runs from the key press (or click) until the
 plot's data in the page changed (kernel callback, comm round trip and plotly.js redraw included; first
-visits of a state included: every explorer precomputes what its controls reach). Median over n actions;
-"load" is the 1-minute load average when the control was driven ({browser_note}).
+visits of a state included). **median ms** is the test driver's figure: from Playwright sending the key
+until it saw the change, its own round trips to the browser included; **to paint** is timed in the page,
+from the key's event until the frame that shows the change was painted. A control meets the target when
+both are within it. Median over n actions; "load" is the 1-minute load average when the control was
+driven ({browser_note}).
 Command: `{BROWSER_CMD}` (writes `build/browser-latency.json`).
 {summary("key press → plot changed in the browser, slowest control (median)",
          (f"{worst:.0f} ms" if b_rows else "not measured"), f"≤ {TARGET_MS:.0f} ms per control", met if b_rows else None,
@@ -182,25 +185,27 @@ Command: `{BROWSER_CMD}` (writes `build/browser-latency.json`).
               "the user's event until the page sends the new value on the kernel's websocket (the widget's own\n"
               "handling); **round trip** — from that send until plotly's update arrives, the largest message before\n"
               "the plot changed (server, kernel, the Python callback and the way back); **render** — from its arrival\n"
-              "until the first animation frame that sees the new data (plotly.js applying and redrawing). The parts\n"
+              "until the first animation frame that sees the new data (plotly.js applying the edit: since the explorers\n"
+              "send data-only edits as an instant transition, only the edited traces are redrawn). The parts\n"
               "are medians each, so they need not add up to the page's total. **probe**: what one evaluation of the\n"
               "test's change detector (the JSON of every trace's data, run on every animation frame while it waits)\n"
               "costs; \"render\" includes one.\n")
-        print("| explorer (notebook) | control | median ms | n | first action ms | max ms | load | to send | round trip | render | probe | update bytes | ≤ 100 ms |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| explorer (notebook) | control | median ms | to paint | n | first action ms | max ms | load | to send | "
+              "round trip | render | probe | update bytes | ≤ 100 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         cell = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
         for r in b_rows:
             parts = r.get("parts_ms") or {}
             print(f"| {r['explorer']} ({r['notebook'][:2]}) | {r['control']} ({r['kind']}) | **{r['median_ms']:.0f}** | "
-                  f"{r['n']} | {r['first_ms']:.0f} | {r['max_ms']:.0f} | {r['load']:.1f} | {cell(parts.get('to_send'))} | "
+                  f"{cell(parts.get('painted'))} | {r['n']} | {r['first_ms']:.0f} | {r['max_ms']:.0f} | {r['load']:.1f} | {cell(parts.get('to_send'))} | "
                   f"{cell(parts.get('round_trip'))} | {cell(parts.get('render'))} | "
                   f"{'—' if r.get('probe_ms') is None else format(r['probe_ms'], '.1f')} | {cell(r.get('update_bytes'))} | "
-                  f"{'yes' if r['median_ms'] <= TARGET_MS else '**no**'} |")
+                  f"{'yes' if _judged(r) <= TARGET_MS else '**no**'} |")
     print(f"""
 **In Python** — every explorer a notebook builds, built by executing that notebook here with its test
 parameters and `SPECDEF_LITE_HEADLESS=0` (live `FigureWidget`s), then every control stepped through every
 value it offers, twice, with `explorer.set(...)`: widget value → observer → cached or computed frame →
-trace assignment in `fig.batch_update()` → ipywidgets serialisation. "first visit" is the median over
+trace assignment in one batch (`LiveFigure.batch`) → ipywidgets serialisation. "first visit" is the median over
 states not seen since the explorer was built, "revisit" over the same states again; "apply" is the
 explorer's own `latencies` (look-up + assignment only). This is the kernel's share of the times above.
 
@@ -216,12 +221,18 @@ Machine: {machine(torch.get_num_threads())}; load average {load0} at the start, 
         print("\nFailures:\n" + "\n".join(f"- {f}" for f in failures))
     verdict = "within" if met else "over"
     if b_rows:
-        slow = [f"{r['explorer']}.{r['control']} {r['median_ms']:.0f} ms (load {r['load']:.1f})" for r in b_rows
-                if r["median_ms"] > TARGET_MS]
+        slow = [f"{r['explorer']}.{r['control']} {_judged(r):.0f} ms (load {r['load']:.1f})" for r in b_rows
+                if _judged(r) > TARGET_MS]
         print(f"\nReading: the slowest control's median key press → plot time in the browser is {worst:.0f} ms, "
               f"{verdict} the {TARGET_MS:.0f} ms target" + (f" ({'; '.join(slow)})" if slow else "") +
               f"; its Python share is at most {worst_python:.1f} ms (first visits). The rest is the comm round "
-              "trip and plotly.js redrawing the figure; on a shared machine it grows with the load column.")
+              "trip and plotly.js redrawing the edited traces; on a shared machine it grows with the load column.")
+
+
+def _judged(row: dict) -> float:
+    """A control's figure against the target: the larger of the driver's median and the in-page key → paint."""
+    painted = (row.get("parts_ms") or {}).get("painted")
+    return max(row["median_ms"], painted if painted is not None else 0.0)
 
 
 if __name__ == "__main__":

@@ -506,7 +506,7 @@ def _fp(page, eid: str) -> str:
 # (the first animation frame that sees it). Parts of each action: "to send" (the widget's own handling),
 # "round trip" (server, kernel, the Python callback, back), "render" (from plotly's message to the frame).
 _TIMELINE = """(() => {
-  const T = window.__specdefT = {sends: [], recvs: [], action: null, changed: null, armed: false};
+  const T = window.__specdefT = {sends: [], recvs: [], action: null, changed: null, painted: null, armed: false};
   const size = d => typeof d === 'string' ? d.length : (d.byteLength || d.size || 0);
   const send = WebSocket.prototype.send;
   WebSocket.prototype.send = function (d) { T.sends.push([performance.now(), size(d)]); return send.call(this, d); };
@@ -523,14 +523,15 @@ _TIMELINE = """(() => {
   for (const type of ['keydown', 'mousedown', 'input', 'change'])
     document.addEventListener(type, () => { if (T.armed && T.action === null) T.action = performance.now(); }, true);
 })();"""
-_ARM = "() => { const T = window.__specdefT; T.action = null; T.changed = null; T.armed = true; T.sends = []; T.recvs = []; }"
+_ARM = ("() => { const T = window.__specdefT; T.action = null; T.changed = null; T.painted = null; T.armed = true; "
+        "T.sends = []; T.recvs = []; }")
 _PARTS = """() => {
   const T = window.__specdefT, a = T.action, c = T.changed;
   T.armed = false;
   if (a === null || c === null) return null;
   const sent = T.sends.find(x => x[0] >= a);
   const big = T.recvs.filter(x => x[0] >= a && x[0] <= c).reduce((m, x) => x[1] > m[1] ? x : m, [null, -1]);
-  return {page: c - a, to_send: sent ? sent[0] - a : null,
+  return {page: c - a, painted: T.painted === null ? null : T.painted - a, to_send: sent ? sent[0] - a : null,
           round_trip: sent && big[0] !== null ? big[0] - sent[0] : null,
           render: big[0] !== null ? c - big[0] : null, bytes: big[1]};
 }"""
@@ -552,11 +553,16 @@ def _changed(page, eid: str, before: str, t0: float) -> float | None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     try:
         page.wait_for_function("""([id, b]) => { const T = window.__specdefT;
-            const ch = window.__specdef.fp(id) !== b; if (ch && T.changed === null) T.changed = performance.now(); return ch; }""",
+            const ch = window.__specdef.fp(id) !== b;
+            if (ch && T.changed === null) {  // this frame paints next: a task queued now runs after that paint
+              T.changed = performance.now(); setTimeout(() => { T.painted = performance.now(); }, 0); }
+            return ch; }""",
                                arg=[eid, before], timeout=UPDATE_S * 1000, polling="raf")
     except PlaywrightTimeout:
         return None
     ms = 1e3 * (time.perf_counter() - t0)
+    page.wait_for_function("() => { const T = window.__specdefT; return T.changed === null || T.painted !== null; }",
+                           timeout=5000)
     parts = page.evaluate(_PARTS)
     if parts:
         PARTS.append(parts)
@@ -701,7 +707,8 @@ def test_course_in_the_browser(lab, browser, nb):
                                  "n": len(ms), "median_ms": round(statistics.median(ms), 1),
                                  "first_ms": round(ms[0], 1), "max_ms": round(max(ms), 1),
                                  "ms": [round(m, 1) for m in ms], "load": round(load, 2),
-                                 "parts_ms": {k: _median_of(PARTS, k) for k in ("page", "to_send", "round_trip", "render")},
+                                 "parts_ms": {k: _median_of(PARTS, k)
+                                              for k in ("page", "painted", "to_send", "round_trip", "render")},
                                  "update_bytes": _median_of(PARTS, "bytes"), "probe_ms": round(probe, 1)})
             parts = browser.rows[-1]["parts_ms"]
             report.append(f"{name}.{label}: {statistics.median(ms):.0f} ms (n={len(ms)}, load {load:.1f}; in the page "
