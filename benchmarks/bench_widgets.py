@@ -10,7 +10,7 @@ it runs the browser test first (``SPECDEF_LITE_BENCH_BROWSER=0`` skips that and 
 in this process, cell by cell, with its test parameters and ``SPECDEF_LITE_HEADLESS=0``, so every explorer
 is exactly the one the notebook builds, live. Then every control is stepped through every value it offers,
 twice, with ``explorer.set(...)``: the widget's value changes, its observer looks the state up (or
-computes it on a first visit) and assigns the traces inside ``fig.batch_update()``, and ipywidgets
+computes it on a first visit) and assigns the traces in one batch (``LiveFigure.batch``), and ipywidgets
 serialises the update. With no front end attached the message goes nowhere.
 
 Run:  .venv/bin/python benchmarks/bench_widgets.py

@@ -86,7 +86,7 @@ class Explorer:
         self._assign(self.frame(**state))
 
     def _assign(self, frame: Frame) -> None:
-        """Write a frame into the figure: one ``batch_update`` message when live."""
+        """Write a frame into the figure: one message when live (``LiveFigure.batch``)."""
         if self.live:
             with self.figure.batch():
                 for i, attrs in frame.items():
