@@ -60,7 +60,10 @@ class LiveFigure(go.FigureWidget):
         legend, every trace — which took 30–60 ms of the 60–120 ms from plotly's message to the changed frame
         in JupyterLab (a CPU profile of notebook 01); a transition redraws the edited traces only.
         ``batch_animate`` cannot be used as it is: its frame options leave ``redraw`` at plotly.js's default
-        (true), a full redraw after the transition."""
+        (true), a full redraw after the transition. This reuses the batch internals ``batch_update`` and
+        ``batch_animate`` share (``_in_batch_mode``, ``_batch_trace_edits``, ``_perform_batch_animate``);
+        ``tests/_explorers.py`` checks the message every explorer's controls send, so a plotly release that
+        changes them fails the tests rather than the course."""
         if self._in_batch_mode:
             yield
             return
@@ -116,7 +119,7 @@ def _fixed(axis: Any) -> bool:
 
 
 def fix_ranges(fig: go.Figure, frames: Iterable[Frame] = ()) -> go.Figure:
-    """Fix every autoranged axis at the range autorange would give over the figure's data and ``frames``.
+    """Fix every autoranged axis at about the range autorange would give over the figure's data and ``frames``.
 
     The extent of each axis's data (log₁₀ of the positive values on a log axis; 0 included under bars), padded
     by 5 % of its span on each side (half a unit when the span is 0). An explorer whose controls only move
@@ -150,7 +153,7 @@ def fix_ranges(fig: go.Figure, frames: Iterable[Frame] = ()) -> go.Figure:
             continue
         lo, hi = float(v.min()), float(v.max())
         pad = 0.05 * (hi - lo) if hi > lo else 0.5
-        low = lo if (axis.type != "log" and lo == 0.0 and v.min() >= 0 and _bars_on(fig, key)) else lo - pad
+        low = lo if (axis.type != "log" and lo == 0.0 and _bars_on(fig, key)) else lo - pad  # bars stand on 0
         axis.update(range=[low, hi + pad], autorange=False)
     return fig
 
