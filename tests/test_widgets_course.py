@@ -288,12 +288,30 @@ def test_fix_ranges_holds_the_data_and_the_frames():
     fig.add_trace(go.Scatter(x=[1.0, 100.0], y=[None, 3.0]), 1, 1)
     fig.add_trace(go.Bar(x=[1, 2], y=[2.0, 5.0]), 1, 2)
     fig.update_xaxes(type="log", row=1, col=1)
-    fig.update_xaxes(range=[-7, 7], row=1, col=2)  # fixed already: left alone
     fix_ranges(fig, [{0: {"y": [1.0, 5.0]}}])
     assert fig.layout.xaxis.range == pytest.approx((-0.1, 2.1)) and fig.layout.xaxis.autorange is False
     assert fig.layout.yaxis.range == pytest.approx((0.8, 5.2))  # 1 … 5 from the frame, 5 % of 4 each side
     assert fig.layout.yaxis2.range == pytest.approx((0.0, 5.25))  # bars stand on 0
-    assert fig.layout.xaxis2.range == (-7, 7)
+    assert fig.layout.xaxis2.range == pytest.approx((0.6 - 0.09, 2.4 + 0.09))  # each bar 0.8 wide, all of it shown
+
+
+def test_fix_ranges_implicit_positions_horizontal_bars_and_axes_it_leaves_alone():
+    from plotly.subplots import make_subplots
+
+    from specdef_lite.course.widgets.live import fix_ranges
+    fig = make_subplots(rows=1, cols=4)
+    fig.add_trace(go.Scatter(y=[1.0, 5.0]), 1, 1)  # drawn at x = 0, 1
+    fig.add_trace(go.Scatter(x=[10.0, 11.0], y=[1.0, 2.0]), 1, 1)
+    fig.add_trace(go.Bar(x=[3.0, 1.0], y=[0, 1], orientation="h"), 1, 2)
+    fig.add_trace(go.Scatter(x=["a", "b"], y=[1, 2]), 1, 3)  # categories: autorange stays
+    fig.add_trace(go.Scatter(x=[1, 2], y=[1, 2]), 1, 4)
+    fig.update_yaxes(autorange="reversed", row=1, col=4)
+    fix_ranges(fig)
+    assert fig.layout.xaxis.range == pytest.approx((-0.55, 11.55))
+    assert fig.layout.xaxis2.range == pytest.approx((0.0, 3.15))  # the value axis of horizontal bars: from 0
+    assert fig.layout.yaxis2.range == pytest.approx((-0.4 - 0.09, 1.4 + 0.09))
+    assert fig.layout.xaxis3.range is None and fig.layout.xaxis3.autorange is None
+    assert fig.layout.yaxis4.autorange == "reversed" and fig.layout.yaxis4.range is None
 
 
 def test_redraw_free_only_for_data_on_fixed_axes():
@@ -301,8 +319,14 @@ def test_redraw_free_only_for_data_on_fixed_axes():
     fig = go.Figure([go.Scatter(x=[1], y=[1]), go.Contour(z=[[1, 2], [3, 4]])])
     assert not redraw_free(fig, {0: {"y": [2]}}, {})  # y autoranged: a transition would not rescale it
     fig.update_layout(xaxis_range=[0, 2], yaxis_range=[0, 3])
-    assert redraw_free(fig, {0: {"y": [2], "marker.color": "red"}}, {})
+    assert redraw_free(fig, {0: {"y": [2], "text": ["a"]}}, {})
     assert not redraw_free(fig, {0: {"y": [2], "name": "new"}}, {})  # the legend would keep the old name
+    assert not redraw_free(fig, {0: {"marker.color": "red"}}, {})  # … and the old colour, where it shows
+    fig.update_traces(showlegend=False, selector=0)
+    assert redraw_free(fig, {0: {"y": [2], "marker.color": "red"}}, {})
+    fig.update_traces(showlegend=True, selector=0)
+    fig.update_layout(showlegend=False)
+    assert redraw_free(fig, {0: {"line.color": "red"}}, {})
     assert not redraw_free(fig, {1: {"z": [[0, 0], [0, 0]]}}, {})  # a contour has no transition
     assert not redraw_free(fig, {0: {"y": [2]}}, {"title.text": "t"})
     assert not redraw_free(fig, {}, {})

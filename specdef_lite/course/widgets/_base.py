@@ -44,8 +44,9 @@ class Explorer:
         self.apply(self.state())
         self.live = live
         self._box = None
+        self.fixed_axes: set[str] = set()  # live: the axes fix_ranges fixed (the rest the explorer set itself)
         if live:  # axes fixed over what the controls reach, so a control change needs no redraw (``redraw_free``)
-            fix_ranges(self.figure, self.range_frames())
+            self.fixed_axes = fix_ranges(self.figure, self.range_frames())
         if live:  # plain lists only: see display.plain (a numpy array here logs a ValueError on every update)
             self.figure = LiveFigure(data=[plain(t.to_plotly_json()) for t in self.figure.data],
                                       layout=plain(self.figure.layout.to_plotly_json()))
@@ -255,6 +256,7 @@ def log_ticks() -> dict:
     """Tick settings for a log axis that stay legible: one label a decade, as a power of ten.
 
     plotly's default on a log axis spanning a few decades labels every 2 and 5 as well, in small print that
-    crowds the axis (notebook 04's steps axis). Decade labels are also the cheapest to redraw: a slider
-    update redraws every axis (tick arrays and minor ticks measurably slowed notebook 03's updates)."""
+    crowds the axis (notebook 04's steps axis). Decade labels are also the cheapest to draw: a change that
+    needs a full redraw (``live.redraw_free`` says when) redraws every axis, and tick arrays and minor ticks
+    measurably slowed notebook 03's updates when every update did."""
     return dict(dtick=1, exponentformat="power")

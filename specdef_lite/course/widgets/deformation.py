@@ -146,13 +146,13 @@ class DeformationExplorer(Explorer):
             7: {"y": sw.bound},
             8: {"y": guide},
             9: {"x": [a[i], a[i]], "y": [sw.sigma1_H[i], sw.bound[i]]},
-            10: {"x": [a[0]], "y": [self._text_top()], "text": [text]},
+            10: {"x": [a[0]], "y": [self._text_top(sw)], "text": [text]},
         }
 
-    def _text_top(self) -> float:
-        """Where the verdict hangs from: 3.5 decades above the highest curve of any k swept (the slope-2
-        guide at the largest α), so its four lines sit above every curve whichever k is shown."""
-        return 10 ** 3.5 * max(10 * float(s.sigma1_H[-1]) for s in self._sweeps.values())
+    def _text_top(self, sw: DeformationSweep) -> float:
+        """Where the verdict hangs from: 3.5 decades above the highest curve of this k (its slope-2 guide at
+        the largest α), so its four lines sit above every curve shown with it."""
+        return 10 ** 3.5 * 10 * float(sw.sigma1_H[-1])
 
     def at(self, alpha: float | None = None, k: int | None = None) -> DeformationPoint:
         """The numbers shown at (α, k) (default: the current state), for prose and tests."""

@@ -86,20 +86,24 @@ INSTANT = {"transition": {"duration": 0, "easing": "linear"}, "frame": {"duratio
            "mode": "immediate"}
 ANIMATABLE = frozenset({"scatter", "bar"})  # plotly.js trace types whose layer a transition redraws
 DATA_ONLY = frozenset({"x", "y", "text", "marker.color", "line.color"})  # what a transition draws in full
+COLOURS = frozenset({"marker.color", "line.color"})  # drawn on the trace, but not on its legend entry
 
 
 def redraw_free(fig: go.Figure, trace_edits: dict[int, dict], layout_edits: dict) -> bool:
     """True when plotly.js can show these edits by redrawing the edited traces alone: no layout edit, and
-    each edited trace a scatter or bar whose edits are data (``DATA_ONLY``: no legend name) on axes with
-    fixed ranges — a transition neither redraws the legend nor re-runs autorange. (Reads the figure's own
-    property dicts, ``fig._data`` and ``fig._layout``: going through ``fig.data[i]`` and ``fig.layout`` built
-    plotly objects and cost ~2 ms a change.)"""
+    each edited trace a scatter or bar whose edits are data (``DATA_ONLY``; a colour only where the trace
+    has no legend entry) on axes with fixed ranges — a transition neither redraws the legend nor re-runs
+    autorange. (Reads the figure's own property dicts, ``fig._data`` and ``fig._layout``: going through
+    ``fig.data[i]`` and ``fig.layout`` built plotly objects and cost ~2 ms a change.)"""
     if layout_edits or not trace_edits:
         return False
     data, layout = fig._data, fig._layout
+    legend = layout.get("showlegend") is not False
     for i, edits in trace_edits.items():
         trace = data[i]
         if trace.get("type", "scatter") not in ANIMATABLE or not set(edits) <= DATA_ONLY:
+            return False
+        if legend and trace.get("showlegend") is not False and COLOURS & set(edits):
             return False
         for axis_id in (trace.get("xaxis") or "x", trace.get("yaxis") or "y"):
             if not _fixed(layout.get(_axis_key(axis_id)) or {}):
@@ -113,37 +117,62 @@ def _axis_key(axis_id: str) -> str:
 
 
 def _fixed(axis: Any) -> bool:
-    """An axis (a layout object or its dict) with a range and autorange off."""
+    """An axis (a layout object or its dict) with both ends of its range set and autorange off."""
     get = axis.get if isinstance(axis, dict) else lambda k: getattr(axis, k)
-    return get("range") is not None and get("autorange") in (None, False)
+    r = get("range")
+    return r is not None and all(v is not None for v in r) and get("autorange") in (None, False)
 
 
-def fix_ranges(fig: go.Figure, frames: Iterable[Frame] = ()) -> go.Figure:
-    """Fix every autoranged axis at about the range autorange would give over the figure's data and ``frames``.
+def fix_ranges(fig: go.Figure, frames: Iterable[Frame] = ()) -> set[str]:
+    """Fix every autoranged numeric axis at about the range autorange would give over the figure's data and
+    ``frames``.
 
-    The extent of each axis's data (log₁₀ of the positive values on a log axis; 0 included under bars), padded
-    by 5 % of its span on each side (half a unit when the span is 0). An explorer whose controls only move
-    data inside these ranges can then be updated without a redraw (``redraw_free``), and its axes stay put
-    while a slider moves — the same scale before and after, as a comparison needs."""
+    The extent of each axis's data — a trace's implicit positions 0 … n−1 where it gives none, a bar's half
+    width either side of its position, 0 under bars on their value axis — padded by 5 % of its span on each
+    side (half a unit when the span is 0; on a log axis in log₁₀ of the positive values; none below bars
+    that stand on 0). Left alone: axes with a range or reversed, and axes holding text (categories, dates).
+    An explorer whose controls only move data inside these ranges can then be updated without a redraw
+    (``redraw_free``), and its axes stay put while a slider moves — the same scale before and after, as a
+    comparison needs. Returns the layout keys of the axes it fixed ("xaxis", "yaxis2", …)."""
     values: dict[str, list[float]] = {}
+    floors: set[str] = set()  # axes with bars standing on 0
+    skip: set[str] = set()
     per_trace = [[t.to_plotly_json()] for t in fig.data]
     for frame in frames:
         for i, attrs in frame.items():
             per_trace[i].append(attrs)
     for trace, seen in zip(fig.data, per_trace):
-        for dim in ("x", "y"):
+        horizontal = trace.type == "bar" and trace.orientation == "h"
+        for dim, other in (("x", "y"), ("y", "x")):
             key = _axis_key(getattr(trace, dim + "axis") or dim)
             axis = fig.layout[key]
-            if _fixed(axis):
+            if _fixed(axis) or axis.autorange not in (None, True, False) or key in skip:
+                skip.add(key)
                 continue
             vals = values.setdefault(key, [])
+            bar_positions = trace.type == "bar" and (dim == "y") == horizontal
             for attrs in seen:
                 v = attrs.get(dim)
-                if v is not None:
-                    vals.extend(float(x) for x in np.ravel(np.asarray(plain(v), dtype=object)) if x is not None)
-            if trace.type == "bar" and dim == ("y" if trace.orientation != "h" else "x"):
+                if v is None and attrs.get(other) is not None:  # plotly puts the points at 0 … n−1
+                    v = list(range(len(plain(attrs[other]))))
+                if v is None:
+                    continue
+                try:
+                    pts = [float(x) for x in np.ravel(np.asarray(plain(v), dtype=object)) if x is not None]
+                except (TypeError, ValueError):  # categories or dates: autorange stays
+                    skip.add(key)
+                    break
+                vals.extend(pts)
+                if bar_positions and pts:
+                    half = 0.5 * (trace.width if isinstance(trace.width, (int, float)) else 0.8 * _spacing(pts))
+                    vals.extend([min(pts) - half, max(pts) + half])
+            if trace.type == "bar" and not bar_positions:
                 vals.append(0.0)
+                floors.add(key)
+    fixed = set()
     for key, vals in values.items():
+        if key in skip:
+            continue
         axis = fig.layout[key]
         v = np.asarray(vals, dtype=float)
         v = v[np.isfinite(v)]
@@ -153,10 +182,13 @@ def fix_ranges(fig: go.Figure, frames: Iterable[Frame] = ()) -> go.Figure:
             continue
         lo, hi = float(v.min()), float(v.max())
         pad = 0.05 * (hi - lo) if hi > lo else 0.5
-        low = lo if (axis.type != "log" and lo == 0.0 and _bars_on(fig, key)) else lo - pad  # bars stand on 0
+        low = lo if (axis.type != "log" and lo == 0.0 and key in floors) else lo - pad  # bars stand on 0
         axis.update(range=[low, hi + pad], autorange=False)
-    return fig
+        fixed.add(key)
+    return fixed
 
 
-def _bars_on(fig: go.Figure, key: str) -> bool:
-    return any(t.type == "bar" and _axis_key(t.yaxis or "y") == key for t in fig.data)
+def _spacing(positions: list[float]) -> float:
+    """The smallest gap between distinct bar positions (1 for a single bar), as plotly sizes bars."""
+    p = np.unique(np.asarray(positions, dtype=float))
+    return float(np.min(np.diff(p))) if p.size > 1 else 1.0
