@@ -142,13 +142,14 @@ def _reuse_replaced_weights(model: nn.Module, names: list[str]) -> dict[int, nn.
 
 
 def deform_weight(W: torch.Tensor, alpha: float, k: int, method: str, name: str,
-                   dtype: torch.dtype = torch.float64, *, peaks: bool = False):
+                   dtype: torch.dtype = torch.float64):
     """(W̃, C) in ``dtype``: W̃ = (I + (α − 1) U_k U_kᵀ) W = W + (α − 1) U_k Σ_k V_kᵀ,  C = I − (1 − 1/α) U_k U_kᵀ.
 
     Computed in float64 and rounded once into ``dtype`` (``lowrank.deformed_pair``, by row blocks: no
     float64 copy of W or C, no identity). The projector form keeps C W̃ = W exact even when U_k comes
-    from an approximate (partial) SVD. ``peaks=True`` adds bounds of their largest entries for
-    ``check_overflow`` (see ``deformed_pair``), which then need not read them again.
+    from an approximate (partial) SVD. Refused (ValueError, ``check_overflow``) when an entry of W̃ or C
+    rounds to ±inf in ``dtype``; the bounds ``deformed_pair`` takes while the rows are in cache spare that
+    check a second pass over them.
     """
     W = W.detach()
     bad = f"layer {name!r} has non-finite weights (NaN or inf); cannot take its SVD"
@@ -159,7 +160,9 @@ def deform_weight(W: torch.Tensor, alpha: float, k: int, method: str, name: str,
     if not (torch.isfinite(S_k).all() and torch.isfinite(U_k).all()):  # a NaN or inf in W reaches every Ritz value
         raise ValueError(bad)
     with torch.no_grad():
-        return deformed_pair(W, U_k, float(alpha), dtype, peaks=peaks)
+        W_tilde, C, peaks = deformed_pair(W, U_k, float(alpha), dtype, peaks=True)
+    check_overflow(name, W_tilde, C, dtype, alpha, peaks=peaks)
+    return W_tilde, C
 
 
 def _check_method(method: str) -> None:
@@ -224,8 +227,7 @@ def specdef(model: nn.Module, alpha: float, k: int = 1, targets: Targets = None,
     for name in names:
         layer = locked.get_submodule(name) if name else locked
         W, b = linear_weight(layer)
-        W_tilde, C, peaks = deform_weight(W, alpha, k, method, name, dtype=store[name], peaks=True)  # rounded once
-        check_overflow(name, W_tilde, C, store[name], alpha, peaks=peaks)  # reads W̃ or C again only if they may overflow
+        W_tilde, C = deform_weight(W, alpha, k, method, name, dtype=store[name])  # rounded once, overflow refused
         new = SpecDefLinear(W_tilde, C, None if b is None else b.detach().clone(), alpha, k, compute_dtype)
         locked = set_module(locked, name, new)
     return locked
