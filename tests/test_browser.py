@@ -12,8 +12,12 @@ in its own tab and runs all its cells, one notebook after the other; then, for e
   clicks) and fails if an action leaves the plot's data unchanged; each action's key press → plot changed
   time is recorded (median, n and the load go to ``build/browser-latency.json``, which
   ``benchmarks/bench_widgets.py`` folds into RESULTS.md — reported, not asserted here), with where it went,
-  timed in the page: the widget's own handling until it sends the value, the round trip through server,
-  kernel and Python callback until plotly's update arrives, and from there to the frame that shows it;
+  timed in the page from the event's own time stamp: until the plot's data changed and until that frame was
+  painted, and, for a change the kernel drew, the widget's own handling until it sends the value, the round
+  trip through server, kernel and Python callback until plotly's update arrives, and from there to the
+  frame. Fails if no action of a control was drawn by the page itself (``course.widgets.page``: the frames
+  one step away are in the page before the student moves), so a broken page path cannot hide behind the
+  kernel's;
 * fails if an explorer does not fit a 900 px output area (the notebook or a widget scrolls sideways, a
   plot is wider than the area, the controls or a toggle's buttons wrap onto a second row), and checks
   the fit again in a 1400 px window, where it takes the explorer screenshots;
@@ -521,19 +525,33 @@ _TIMELINE = """(() => {
     get() { return on.get.call(this); },
     set(fn) { on.set.call(this, typeof fn === 'function' ? function (ev) { stamp(ev); return fn.call(this, ev); } : fn); }});
   for (const type of ['keydown', 'mousedown', 'input', 'change'])
-    document.addEventListener(type, () => { if (T.armed && T.action === null) T.action = performance.now(); }, true);
+    document.addEventListener(type, ev => {  // the event's own time stamp: input that waited in the queue counts
+      if (T.armed && T.action === null) T.action = Math.min(ev.timeStamp, performance.now()); }, true);
 })();"""
-_ARM = ("() => { const T = window.__specdefT; T.action = null; T.changed = null; T.painted = null; T.armed = true; "
-        "T.sends = []; T.recvs = []; }")
+# Armed before the action: the page checks the plot's data on every animation frame from then on, so a change
+# drawn in the page itself (PageFrames, before any message) is timed when it happens, not when the driver's
+# own round trips let it look.
+_ARM = """([id, before]) => {
+  const T = window.__specdefT, gen = (T.gen || 0) + 1;
+  Object.assign(T, {gen, action: null, changed: null, painted: null, armed: true, sends: [], recvs: []});
+  const tick = () => {
+    if (T.gen !== gen || !T.armed) return;
+    if (window.__specdef.fp(id) !== before) {  // this frame paints next: a task queued now runs after that paint
+      T.changed = performance.now(); setTimeout(() => { T.painted = performance.now(); }, 0); return; }
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}"""
 _PARTS = """() => {
   const T = window.__specdefT, a = T.action, c = T.changed;
   T.armed = false;
   if (a === null || c === null) return null;
   const sent = T.sends.find(x => x[0] >= a);
   const big = T.recvs.filter(x => x[0] >= a && x[0] <= c).reduce((m, x) => x[1] > m[1] ? x : m, [null, -1]);
+  const kernel = big[1] >= 1000;  // plotly's update came from the kernel; else the page drew it (PageFrames)
   return {page: c - a, painted: T.painted === null ? null : T.painted - a, to_send: sent ? sent[0] - a : null,
-          round_trip: sent && big[0] !== null ? big[0] - sent[0] : null,
-          render: big[0] !== null ? c - big[0] : null, bytes: big[1]};
+          round_trip: sent && kernel ? big[0] - sent[0] : null, render: kernel ? c - big[0] : null,
+          bytes: kernel ? big[1] : null, in_page: !kernel};
 }"""
 PARTS: list[dict] = []  # each timed action's parts (ms), collected by the test per control
 # the median cost of one evaluation of the change probe (the JSON of every trace's data), which "render" includes
@@ -542,27 +560,20 @@ _PROBE_COST = """(id) => { const t = [];
   return t.sort((a, b) => a - b)[5]; }"""
 
 
-def _arm(page) -> None:
-    page.evaluate(_ARM)
+def _arm(page, eid: str, before: str) -> None:
+    page.evaluate(_ARM, [eid, before])
 
 
 def _changed(page, eid: str, before: str, t0: float) -> float | None:
-    """ms from ``t0`` until explorer ``eid``'s plot data differs from ``before`` (None: it never did).
-
-    The action must have been armed (``_arm``) just before it: its parts go to ``PARTS``."""
+    """ms from ``t0`` until explorer ``eid``'s plot data differs from ``before`` (None: it never did), as the
+    driver sees it; the page's own times of the action go to ``PARTS``. Armed (``_arm``) before the action."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     try:
-        page.wait_for_function("""([id, b]) => { const T = window.__specdefT;
-            const ch = window.__specdef.fp(id) !== b;
-            if (ch && T.changed === null) {  // this frame paints next: a task queued now runs after that paint
-              T.changed = performance.now(); setTimeout(() => { T.painted = performance.now(); }, 0); }
-            return ch; }""",
-                               arg=[eid, before], timeout=UPDATE_S * 1000, polling="raf")
+        page.wait_for_function("() => window.__specdefT.changed !== null", timeout=UPDATE_S * 1000, polling="raf")
     except PlaywrightTimeout:
         return None
     ms = 1e3 * (time.perf_counter() - t0)
-    page.wait_for_function("() => { const T = window.__specdefT; return T.changed === null || T.painted !== null; }",
-                           timeout=5000)
+    page.wait_for_function("() => window.__specdefT.painted !== null", timeout=5000)
     parts = page.evaluate(_PARTS)
     if parts:
         PARTS.append(parts)
@@ -580,19 +591,20 @@ def _drive_slider(page, eid: str, j: str, label: str) -> list[float]:
     handle = control.locator(".noUi-handle").first
     if handle.get_attribute("aria-valuemin") == handle.get_attribute("aria-valuemax"):
         return []  # a slider with one position (e.g. one η tried): nothing to drive
-    key, latencies, turned = "ArrowRight", [], False
+    key, latencies = "ArrowRight", []
     while len(latencies) < PRESSES:
         handle.focus()
+        now, lo, hi = (float(handle.get_attribute(f"aria-value{a}")) for a in ("now", "min", "max"))
+        if (key == "ArrowRight" and now >= hi) or (key == "ArrowLeft" and now <= lo):  # at the end: turn round
+            key = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
         before, value = _fp(page, eid), readout.inner_text()
-        _arm(page)
+        _arm(page, eid, before)  # everything the driver reads is read before the clock starts
         t0 = time.perf_counter()
         page.keyboard.press(key)
-        if readout.inner_text() == value:  # at the end of the slider: turn round
-            assert not turned or latencies, f"the {label} slider does not move under the arrow keys ({value})"
-            key, turned = ("ArrowLeft" if key == "ArrowRight" else "ArrowRight"), True
-            continue
         ms = _changed(page, eid, before, t0)
-        assert ms is not None, (f"{label} moved {value} → {readout.inner_text()} but the plot's data did not "
+        moved = readout.inner_text()
+        assert moved != value, f"the {label} slider does not move under the arrow keys ({value}, {key})"
+        assert ms is not None, (f"{label} moved {value} → {moved} but the plot's data did not "
                                 f"change in {UPDATE_S} s: the control no longer updates the plot")
         latencies.append(ms)
     return latencies
@@ -606,7 +618,7 @@ def _each_change(page, eid: str, label: str, choices: list, prepare) -> list[flo
     latencies = []
     for c in choices:
         before, (name, act) = _fp(page, eid), prepare(c)
-        _arm(page)
+        _arm(page, eid, before)
         t0 = time.perf_counter()
         act()
         ms = _changed(page, eid, before, t0)
@@ -709,10 +721,15 @@ def test_course_in_the_browser(lab, browser, nb):
                                  "ms": [round(m, 1) for m in ms], "load": round(load, 2),
                                  "parts_ms": {k: _median_of(PARTS, k)
                                               for k in ("page", "painted", "to_send", "round_trip", "render")},
-                                 "update_bytes": _median_of(PARTS, "bytes"), "probe_ms": round(probe, 1)})
+                                 "update_bytes": _median_of(PARTS, "bytes"), "probe_ms": round(probe, 1),
+                                 "in_page": sum(bool(p.get("in_page")) for p in PARTS)})
+            assert browser.rows[-1]["in_page"] > 0, (
+                f"{path} {name}.{label}: none of {len(ms)} changes was drawn by the page itself (every one waited for "
+                f"the kernel): the page's frames (PageFrames) are missing or filed under other keys")
             parts = browser.rows[-1]["parts_ms"]
             report.append(f"{name}.{label}: {statistics.median(ms):.0f} ms (n={len(ms)}, load {load:.1f}; in the page "
-                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v is not None) + f"; probe {probe:.1f})")
+                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v is not None)
+                          + f"; drawn in the page {browser.rows[-1]['in_page']}/{len(ms)}; probe {probe:.1f})")
         _readout_in_plot(page, eid)
         in_page = page.evaluate(_PAGE_SHAPES, eid)
         now = json.loads(page.evaluate(_KERNEL_RUN, [path, _KERNEL_CODE]))[i][1]

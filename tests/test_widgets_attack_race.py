@@ -9,7 +9,7 @@ import importlib
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from _explorers import assert_every_change_redraw_free
+from _explorers import assert_every_change_redraw_free, assert_page_draws_every_next_state
 
 import specdef_lite as sl
 from specdef_lite.optim.precision import vanishing_table
@@ -17,6 +17,7 @@ from specdef_lite.experiments import attack_table, loglog_slope, lr_grid, parame
 from specdef_lite.experiments.plots import bill_figure
 from specdef_lite.course.widgets.attacker import AttackerExplorer
 from specdef_lite.course.widgets.precision import PrecisionExplorer
+from specdef_lite.course.widgets.page import neighbours
 from specdef_lite.course.widgets.race import RaceExplorer
 
 race_module = importlib.import_module("specdef_lite.experiments.race")  # (the package also exports a function race)
@@ -134,6 +135,10 @@ def test_race_explorer_live(table, monkeypatch):
                {"lr": ex.tried("sgd", 10.0)[-1]},
                {"optimizer": "newton", "alpha": 1.0, "lr": ex.tried("newton", 1.0)[0]}]
     assert assert_every_change_redraw_free(ex, changes) == len(changes)
+    # the page's path, where α and the optimizer also move η (to the tried value nearest the student's)
+    ex.set(alpha=10.0, optimizer="adam", lr=ex.tried("adam", 10.0)[1])
+    lr_steps = len(list(neighbours(ex.controls["lr"])))  # η a step either way, where the scan tried one
+    assert lr_steps >= 1 and assert_page_draws_every_next_state(ex) == 2 + 2 + lr_steps  # α ± a step, 2 optimizers
 
 
 # ---------------------------------------------------------------- 04: the attacker
@@ -177,6 +182,7 @@ def test_attacker_explorer_headless_and_live(attacks):
     assert isinstance(live.figure, go.FigureWidget)
     assert _same(_y(live.figure.data[3]), attacks.runs["fused"][1].losses)
     assert assert_every_change_redraw_free(live, [{"alpha": 1e4}, {"alpha": 1.0}]) == 2
+    assert assert_page_draws_every_next_state(live) == 1  # α = 1 is the grid's end: one step, to 100
     assert "attacker: fuse(locked): τ in" in live.figure.data[12].text[0]
 
 
@@ -229,5 +235,7 @@ def test_precision_explorer_live(vanish):
     changes = [{"alpha": 1e3}, {"optimizer": "adam"}, {"dtype": "float32"}, {"alpha": 1.0, "optimizer": "sgd"}]
     assert assert_every_change_redraw_free(ex, changes) == len(changes)
     assert ex.figure.data[ex._idx["status"]].text[0].startswith("float32: u = 2^-24<br>")
+    ex.set(alpha=1e3)
+    assert assert_page_draws_every_next_state(ex) == 2 + 1 + 1  # α ± a step, the other format and optimizer
     with pytest.raises(ValueError, match="dtype"):
         PrecisionExplorer(vanish, dtype="float16", live=False)

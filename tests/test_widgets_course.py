@@ -7,7 +7,7 @@ belongs to benchmarks/bench_widgets.py (every control of every explorer, new sta
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from _explorers import assert_every_change_redraw_free
+from _explorers import assert_every_change_redraw_free, assert_page_draws_every_next_state
 import torch
 
 import specdef_lite as sl
@@ -158,6 +158,9 @@ def test_conditioning_live_changes_redraw_only_their_traces():
                {"kappa": 1000.0}, {"optimizer": "GD", "kappa": 1.0, "lr": 0.5}]
     assert assert_every_change_redraw_free(ex, changes) == len(changes)
     assert ex.widget().children[-1] is ex.figure
+    # the page's path: κ ± a step, η ± a step, the two other optimizers, each in the page before the move
+    ex.set(kappa=10.0, lr=0.1)
+    assert assert_page_draws_every_next_state(ex) == 6
 
 
 def test_steps_vs_kappa_matches_theory_and_grows_linearly():
@@ -278,6 +281,8 @@ def test_deformation_live(toy, monkeypatch):
     ex.set(alpha=float(ex.grid[-1]), k=4)
     y = np.log10(np.asarray(ex.figure.data[1].y, dtype=float))
     assert lo < y.min() and y.max() < hi
+    ex.set(alpha=float(ex.grid[3]), k=2)
+    assert assert_page_draws_every_next_state(ex) == 4  # α and k, a step either way
 
 
 def test_fix_ranges_holds_the_data_and_the_frames():

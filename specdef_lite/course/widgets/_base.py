@@ -4,14 +4,16 @@ The pattern of STYLE.md §8: build the figure once with every trace it will need
 looks the new state up in a cache (or computes it once) and assigns trace data inside one batch, so the
 browser gets one message per change: live, the axes are fixed over what the controls reach (``fix_ranges``)
 and the names in the legend never change, so that message is a transition that redraws only the edited
-traces (``live.LiveFigure.batch``) rather than the whole figure. The same ``frame`` function feeds
+traces (``live.LiveFigure.batch``) rather than the whole figure. Once the page is there, it holds the
+frames one student action away (``page.PageFrames``, filled by ``page_wanted``) and draws a change itself on
+the control's own event, the kernel only keeping its copy in step. The same ``frame`` function feeds
 the static figure, whose own plotly slider steps through the precomputed frames of one control (α), so a
 page without a kernel keeps a working slider. Tests call ``explorer.set(alpha=…)`` and read traces.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ import plotly.graph_objects as go
 from ...common.display import explorer_bundle, fmt, is_live, plain, slider_figure
 from ...experiments.grid import nearest
 from .live import Frame, LiveFigure, fix_ranges
+from .page import PageFrames, Wanted, neighbours, page_key, position
 
 class Explorer:
     """One interactive figure. Subclasses define ``controls``, ``build_figure()`` and ``compute(**state)``.
@@ -44,6 +47,7 @@ class Explorer:
         self.apply(self.state())
         self.live = live
         self._box = None
+        self.page: PageFrames | None = None  # live: the frames the browser holds, to draw a change itself
         self.fixed_axes: set[str] = set()  # live: the axes fix_ranges fixed (the rest the explorer set itself)
         if live:  # axes fixed over what the controls reach, so a control change needs no redraw (``redraw_free``)
             self.fixed_axes = fix_ranges(self.figure, self.range_frames())
@@ -52,6 +56,7 @@ class Explorer:
                                       layout=plain(self.figure.layout.to_plotly_json()))
             for name, w in self.controls.items():
                 w.observe(self._on_change, names="value")
+            self.page = PageFrames(self.figure, self.controls.values(), self.page_wanted)
 
     # --- to override ---------------------------------------------------------------------------------
     def make_controls(self) -> dict[str, Any]:
@@ -67,6 +72,20 @@ class Explorer:
         """Frames whose data the live figure's autoranged axes must hold (``fix_ranges``), beyond the figure's
         own data. Default none: the controls only move data inside what the figure already shows."""
         return ()
+
+    def page_frame(self, state: dict[str, Any]) -> Frame:
+        """Everything the state shows that a control may change: what the page draws from any other state.
+        Default ``frame``; an explorer whose ``apply`` adds traces of its own adds them here too."""
+        return self.frame(**state)
+
+    def resolve(self, state: dict[str, Any], moved: str) -> dict[str, Any]:
+        """The state the explorer settles in when control ``moved`` takes its value in ``state`` (default:
+        that state; an explorer whose ``_on_change`` adjusts other controls does the same here)."""
+        return state
+
+    def option_label(self, name: str, value: Any) -> str | None:
+        """The label a selection control shows for ``value`` (default: from its options)."""
+        return position(self.controls[name], value=value)
 
     def static_grid(self) -> Sequence[Any]:
         """Values of ``static_over`` the static slider shows (default: the control's options)."""
@@ -87,9 +106,10 @@ class Explorer:
         self._assign(self.frame(**state))
 
     def _assign(self, frame: Frame) -> None:
-        """Write a frame into the figure: one message when live (``LiveFigure.batch``)."""
+        """Write a frame into the figure: one message when live (``LiveFigure.batch``), none once the page
+        draws the changes itself (``page``; the kernel's copy is kept in step, ``LiveFigure.quiet``)."""
         if self.live:
-            with self.figure.batch():
+            with (self.figure.quiet() if self.page is not None and self.page.ready else self.figure.batch()):
                 for i, attrs in frame.items():
                     self.figure.data[i].update(plain(attrs))
         else:
@@ -101,7 +121,27 @@ class Explorer:
             return
         t0 = time.perf_counter()
         self.apply(self.state())
+        if self.page is not None:
+            self.page.refresh()  # the page's frame of this state if it lacks it; the next ones when idle
         self.latencies.append(time.perf_counter() - t0)
+
+    def page_key(self, state: dict[str, Any]) -> str:
+        """The key under which the page files ``state``'s frame (the controls' positions, ``page.position``)."""
+        return page_key(self.option_label(n, state[n]) if getattr(w, "options", None) is not None
+                        else position(w, value=state[n]) for n, w in self.controls.items())
+
+    def page_wanted(self) -> Iterator[Wanted]:
+        """What the page should hold, most urgent first: the current state, then each state one student action
+        away (``page.neighbours``), filed under the key the page computes at that action (the other controls
+        as they stand) and under the key of the state it settles in (``resolve``)."""
+        state = self.state()
+        here = {n: position(w) for n, w in self.controls.items()}
+        yield (self.page_key(state),), lambda: self.page_frame(state)
+        for name, w in self.controls.items():
+            for value, pos in neighbours(w):
+                new = self.resolve({**state, name: value}, name)
+                keys = (page_key({**here, name: pos}.values()), self.page_key(new))
+                yield tuple(dict.fromkeys(keys)), (lambda s=new: self.page_frame(s))
 
     def choices(self) -> dict[str, Sequence[Any]]:
         """Control → the values it may take, where that is a fixed list (override; live widgets add theirs)."""

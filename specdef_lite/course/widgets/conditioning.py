@@ -154,6 +154,10 @@ class ConditioningExplorer(Explorer):
         self._assign(frame)
         self._shown_kappa = kappa
 
+    def page_frame(self, state: dict[str, Any]) -> dict[int, dict]:
+        """The frame and the κ-only traces: the page may arrive at this state from another κ."""
+        return {**self.frame(**state), **self._kappa_traces(float(state["kappa"]))}
+
     # --- helpers -------------------------------------------------------------------------------------
     def _kappa_traces(self, kappa: float) -> dict[int, dict]:
         _, x, y = self.contours(kappa)

@@ -80,6 +80,24 @@ class LiveFigure(go.FigureWidget):
                 self._batch_layout_edits.clear()
                 self._batch_trace_edits.clear()
 
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Edits made to the kernel's copy of the figure only, nothing sent: the page has drawn them already
+        (``page.PageFrames``). plotly's own bookkeeping (``_perform_plotly_update``) keeps the copy exact, so
+        whatever is sent later is computed against what the page shows."""
+        if self._in_batch_mode:
+            yield
+            return
+        self._in_batch_mode = True
+        try:
+            yield
+        finally:
+            self._in_batch_mode = False
+            restyle, relayout, idx = self._build_update_params_from_batch()
+            self._perform_plotly_update(restyle, relayout, idx)
+            self._batch_layout_edits.clear()
+            self._batch_trace_edits.clear()
+
 
 # Plotly.animate's options for an instant change: no easing, and no redraw of the whole figure afterwards.
 INSTANT = {"transition": {"duration": 0, "easing": "linear"}, "frame": {"duration": 0, "redraw": False},

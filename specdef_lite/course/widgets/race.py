@@ -97,12 +97,22 @@ class RaceExplorer(Explorer):
             options, value = self._lr_options(state["optimizer"], state["alpha"], state["lr"])
             if list(w.options) != options:
                 self._syncing = True
-                try:
-                    w.options = options  # ipywidgets selects the first option here …
-                    w.value = value  # … then η goes to the value nearest the one the student had
+                try:  # one message to the page: it draws from the controls' state, not from a passing one
+                    with w.hold_sync():
+                        w.options = options  # ipywidgets selects the first option here …
+                        w.value = value  # … then η goes to the value nearest the one the student had
                 finally:
                     self._syncing = False
         super()._on_change(change)
+
+    def resolve(self, state, moved):
+        """α or the optimizer moved: η goes to the tried value nearest the student's (as ``_on_change`` does)."""
+        if moved == "lr":
+            return state
+        return {**state, "lr": self._lr_options(state["optimizer"], state["alpha"], state["lr"])[1]}
+
+    def option_label(self, name, value):
+        return _eta(value) if name == "lr" else super().option_label(name, value)
 
     def build_figure(self) -> go.Figure:
         t = self.table
