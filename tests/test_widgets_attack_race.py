@@ -131,6 +131,10 @@ def test_race_explorer_live(table, monkeypatch):
     ex.controls["lr"].value = float(table.best_lr("adam")[2])
     assert _same(_y(ex.figure.data[mine]), table.trace("adam", 100.0).losses)
     assert len(ex.latencies) == 2  # two updates, each timed (benchmarks/bench_widgets.py reports the times)
+    lr_100 = ex.controls["lr"].value
+    ex.set(alpha=1.0)  # from code: checked on the state it settles in (η tried at α = 1), nothing trained
+    assert lr_100 not in ex.tried("adam", 1.0) and ex.controls["lr"].value in ex.tried("adam", 1.0)
+    ex.set(alpha=100.0, lr=lr_100)
     changes = [{"alpha": 10.0}, {"optimizer": "sgd", "lr": ex.tried("sgd", 10.0)[0]},
                {"lr": ex.tried("sgd", 10.0)[-1]},
                {"optimizer": "newton", "alpha": 1.0, "lr": ex.tried("newton", 1.0)[0]}]

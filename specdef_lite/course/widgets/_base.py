@@ -13,7 +13,7 @@ page without a kernel keeps a working slider. Tests call ``explorer.set(alpha=�
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,9 +78,9 @@ class Explorer:
         Default ``frame``; an explorer whose ``apply`` adds traces of its own adds them here too."""
         return self.frame(**state)
 
-    def resolve(self, state: dict[str, Any], moved: str) -> dict[str, Any]:
-        """The state the explorer settles in when control ``moved`` takes its value in ``state`` (default:
-        that state; an explorer whose ``_on_change`` adjusts other controls does the same here)."""
+    def resolve(self, state: dict[str, Any], moved: Collection[str]) -> dict[str, Any]:
+        """The state the live explorer settles in when the controls ``moved`` take their values in ``state``
+        (default: that state; an explorer whose ``_on_change`` adjusts other controls does the same here)."""
         return state
 
     def option_label(self, name: str, value: Any) -> str | None:
@@ -139,7 +139,7 @@ class Explorer:
         yield (self.page_key(state),), lambda: self.page_frame(state)
         for name, w in self.controls.items():
             for value, pos in neighbours(w):
-                new = self.resolve({**state, name: value}, name)
+                new = self.resolve({**state, name: value}, {name})
                 keys = (page_key({**here, name: pos}.values()), self.page_key(new))
                 yield tuple(dict.fromkeys(keys)), (lambda s=new: self.page_frame(s))
 
@@ -190,6 +190,8 @@ class Explorer:
             if lo is not None and not lo <= float(v) <= hi:
                 raise ValueError(f"{name}={v!r} lies outside this explorer's range {lo:.3g} … {hi:.3g}")
         new = {**state, **values}
+        if self.live:  # the state the explorer will show (03: η moved to a value tried at the new α)
+            new = self.resolve(new, set(values))
         try:
             self.frame(**new)
         except Exception as e:  # noqa: BLE001 - a user's value the maths rejects: say why, keep the old state

@@ -152,7 +152,7 @@ class PageFrames(anywidget.AnyWidget):
     the kernel has nothing else to do, each at most once per page (``sent``; a page that loads anew says
     hello and gets everything again)."""
 
-    _esm = traitlets.Unicode(_ESM).tag(sync=True)
+    _esm = _ESM
     figure = traitlets.Unicode().tag(sync=True)
     controls = traitlets.List(traitlets.Unicode()).tag(sync=True)
 
@@ -162,6 +162,7 @@ class PageFrames(anywidget.AnyWidget):
         self.ready = False  # the page has said hello: it draws the control changes
         self.sent: set[str] = set()
         self.messages = 0  # frames messages sent (tests, benchmarks)
+        self.busy = False  # frames still queued for the kernel's idle turns
         self._generation = 0
         self.on_msg(self._on_page)
 
@@ -195,6 +196,8 @@ class PageFrames(anywidget.AnyWidget):
                 if self._send_frame(item):
                     loop.call_soon(step)
                     return
+            self.busy = False
+        self.busy = True
         loop.call_soon(step)
 
     def _send_frame(self, item: Wanted) -> bool:

@@ -106,8 +106,9 @@ class RaceExplorer(Explorer):
         super()._on_change(change)
 
     def resolve(self, state, moved):
-        """α or the optimizer moved: η goes to the tried value nearest the student's (as ``_on_change`` does)."""
-        if moved == "lr":
+        """α or the optimizer moved, not η: η goes to the tried value nearest the student's (as ``_on_change``
+        does)."""
+        if "lr" in moved:
             return state
         return {**state, "lr": self._lr_options(state["optimizer"], state["alpha"], state["lr"])[1]}
 
