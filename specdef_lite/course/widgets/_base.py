@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ...common.display import explorer_bundle, fmt, is_live, plain, slider_figure
-from ...experiments.grid import nearest
+from .controls import accepted_range, on_options
 from .live import Frame, LiveFigure, fix_ranges
 from .page import PageFrames, Wanted, neighbours, page_key, position
 
@@ -159,7 +159,7 @@ class Explorer:
             for name, v in values.items():
                 w = self.controls[name]
                 if hasattr(w, "value"):
-                    w.value = _on_options(w, v)  # live: the figure is updated once, below
+                    w.value = on_options(w, v)  # live: the figure is updated once, below
                 else:
                     self.controls[name] = v
         finally:
@@ -186,7 +186,7 @@ class Explorer:
             if allowed is not None and isinstance(v, str) and v not in allowed:
                 raise ValueError(f"{name}={v!r} is not offered here; choose one of {', '.join(map(str, allowed))}")
             w = self.controls[name]
-            lo, hi = _range(w, getattr(self, "grid", None) if name == "alpha" else None)
+            lo, hi = accepted_range(w, getattr(self, "grid", None) if name == "alpha" else None)
             if lo is not None and not lo <= float(v) <= hi:
                 raise ValueError(f"{name}={v!r} lies outside this explorer's range {lo:.3g} … {hi:.3g}")
         new = {**state, **values}
@@ -244,30 +244,6 @@ def _check_kind(name: str, value: Any, current: Any) -> None:
             raise ValueError(f"{name} must be a whole number, got {value!r}")
     elif isinstance(current, str) and not isinstance(value, str):
         raise ValueError(f"{name} must be one of the offered names (text), got {value!r}")
-
-
-def _range(widget: Any, grid: Sequence[float] | None) -> tuple[float | None, float | None]:
-    """(lo, hi) a numeric control accepts: a live slider's own bounds, or an α grid's ends (± half a step)."""
-    if grid is not None and len(grid) and all(float(g) > 0 for g in grid):
-        g = np.sort(np.asarray(grid, dtype=float))
-        half = float(np.sqrt(np.max(g[1:] / g[:-1]))) if len(g) > 1 else 1.0
-        return g[0] / half, g[-1] * half
-    lo, hi = getattr(widget, "min", None), getattr(widget, "max", None)
-    if lo is None or hi is None or getattr(widget, "options", None):
-        return None, None
-    base = getattr(widget, "base", None)
-    return (base ** lo, base ** hi) if base else (lo, hi)
-
-
-def _on_options(widget, value):
-    """A numeric value for a selection widget snapped to its nearest option (log scale); others unchanged."""
-    options = getattr(widget, "options", None)
-    if not options or not isinstance(value, (int, float, np.floating)) or isinstance(value, bool):
-        return value
-    values = [o[1] if isinstance(o, tuple) else o for o in options]
-    if value in values or not all(isinstance(x, (int, float, np.floating)) and x > 0 for x in values) or value <= 0:
-        return value
-    return values[nearest(values, value)]
 
 
 def _name(explorer: Explorer) -> str:

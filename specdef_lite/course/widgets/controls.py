@@ -2,7 +2,8 @@
 
 A control is an ipywidget with a fixed overall width and a label as wide as its text (``compact``); a log
 slider moves by 10^(1/per_decade); an α slider offers exactly the explorer's precomputed grid, so every
-position is a state already computed.
+position is a state already computed. ``accepted_range`` and ``on_options``: what ``Explorer.set`` accepts
+for a control, and a number snapped to a selection's nearest option.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from ...common.display import fmt
-from ...experiments.grid import snap
+from ...experiments.grid import nearest, snap
 
-__all__ = ["SLIDER_WIDTH", "compact", "log_slider", "alpha_slider", "toggle"]
+__all__ = ["SLIDER_WIDTH", "compact", "log_slider", "alpha_slider", "toggle", "accepted_range", "on_options"]
 
 SLIDER_WIDTH = "290px"
 
@@ -51,3 +52,27 @@ def toggle(options: Sequence[Any], value: Any, description: str, button_width: s
     import ipywidgets as W
     kw.setdefault("style", {"description_width": "initial", "button_width": button_width})
     return W.ToggleButtons(options=options, value=value, description=description, **kw)
+
+
+def accepted_range(widget: Any, grid: Sequence[float] | None) -> tuple[float | None, float | None]:
+    """(lo, hi) a numeric control accepts: a live slider's own bounds, or an α grid's ends (± half a step)."""
+    if grid is not None and len(grid) and all(float(g) > 0 for g in grid):
+        g = np.sort(np.asarray(grid, dtype=float))
+        half = float(np.sqrt(np.max(g[1:] / g[:-1]))) if len(g) > 1 else 1.0
+        return g[0] / half, g[-1] * half
+    lo, hi = getattr(widget, "min", None), getattr(widget, "max", None)
+    if lo is None or hi is None or getattr(widget, "options", None):
+        return None, None
+    base = getattr(widget, "base", None)
+    return (base ** lo, base ** hi) if base else (lo, hi)
+
+
+def on_options(widget: Any, value: Any) -> Any:
+    """A numeric value for a selection widget snapped to its nearest option (log scale); others unchanged."""
+    options = getattr(widget, "options", None)
+    if not options or not isinstance(value, (int, float, np.floating)) or isinstance(value, bool):
+        return value
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    if value in values or not all(isinstance(x, (int, float, np.floating)) and x > 0 for x in values) or value <= 0:
+        return value
+    return values[nearest(values, value)]

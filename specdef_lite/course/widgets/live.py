@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from ...common.display import plain
 
-__all__ = ["Frame", "LiveFigure", "INSTANT", "DATA_ONLY", "redraw_free", "fix_ranges"]
+__all__ = ["Frame", "LiveFigure", "INSTANT", "DATA_ONLY", "redraw_free", "on_fixed_axes", "fix_ranges"]
 
 Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
 
@@ -123,10 +123,14 @@ def redraw_free(fig: go.Figure, trace_edits: dict[int, dict], layout_edits: dict
             return False
         if legend and trace.get("showlegend") is not False and COLOURS & set(edits):
             return False
-        for axis_id in (trace.get("xaxis") or "x", trace.get("yaxis") or "y"):
-            if not _fixed(layout.get(_axis_key(axis_id)) or {}):
-                return False
+        if not on_fixed_axes(trace, layout):
+            return False
     return True
+
+
+def on_fixed_axes(trace: dict, layout: dict) -> bool:
+    """Whether a trace (its property dict) sits on an x and a y axis (of the layout's dict) with fixed ranges."""
+    return all(_fixed(layout.get(_axis_key(trace.get(d + "axis") or d)) or {}) for d in ("x", "y"))
 
 
 def _axis_key(axis_id: str) -> str:

@@ -22,7 +22,7 @@ import anywidget
 import traitlets
 
 from ...common.display import plain
-from .live import ANIMATABLE, COLOURS, DATA_ONLY, INSTANT, Frame, _axis_key, _fixed
+from .live import ANIMATABLE, COLOURS, DATA_ONLY, INSTANT, Frame, on_fixed_axes
 
 __all__ = ["PageFrames", "position", "page_key", "to_page"]
 
@@ -118,8 +118,7 @@ def to_page(fig: Any, frame: Frame) -> dict[str, Any]:
     for i, attrs in sorted(frame.items()):
         flat = _flat(plain(attrs))
         trace = data[i]
-        fixed = all(_fixed(layout.get(_axis_key(trace.get(d + "axis") or d)) or {}) for d in ("x", "y"))
-        animatable = trace.get("type", "scatter") in ANIMATABLE and fixed
+        animatable = trace.get("type", "scatter") in ANIMATABLE and on_fixed_axes(trace, layout)
         shows = legend and trace.get("showlegend") is not False
         kept = {k: v for k, v in flat.items()
                 if not animatable or k not in DATA_ONLY or (shows and k in COLOURS)}
