@@ -241,5 +241,6 @@ def test_precision_explorer_live(vanish):
     assert ex.figure.data[ex._idx["status"]].text[0].startswith("float32: u = 2^-24<br>")
     ex.set(alpha=1e3)
     assert assert_page_draws_every_next_state(ex) == 2 + 1 + 1  # α ± a step, the other format and optimizer
+    assert len(ex.page.sent) == 3 * 2 * 2  # and every state: 3 α × 2 formats × 2 optimizers are few
     with pytest.raises(ValueError, match="dtype"):
         PrecisionExplorer(vanish, dtype="float16", live=False)

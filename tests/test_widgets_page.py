@@ -17,7 +17,7 @@ import pytest
 from specdef_lite.course.widgets.conditioning import ConditioningExplorer
 from specdef_lite.course.widgets.controls import alpha_slider, log_slider, toggle
 from specdef_lite.course.widgets.live import LiveFigure
-from specdef_lite.course.widgets.page import _ESM, PageFrames, neighbours, page_key, position, to_page
+from specdef_lite.course.widgets.page import _ESM, PageFrames, neighbours, page_key, position, positions, to_page
 
 
 def test_page_key_is_javascripts_json():
@@ -47,6 +47,8 @@ def test_positions_of_every_control_kind():
     kappa.value = 50.0  # between steps 13 and 14
     assert [p for _, p in neighbours(kappa)] == [13, 14]
     assert list(neighbours(opt)) == [("Adam", "Adam")]
+    assert positions(opt) == [("GD", "GD"), ("Adam", "Adam")] and positions(k) == [(1, 0), (2, 1), (3, 2), (4, 3)]
+    assert [p for _, p in positions(kappa)] == list(range(25)) and positions(kappa)[8][0] == pytest.approx(10.0)
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's own position()")

@@ -12,6 +12,8 @@ page without a kernel keeps a working slider. Tests call ``explorer.set(alpha=�
 """
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
@@ -22,7 +24,7 @@ import plotly.graph_objects as go
 from ...common.display import explorer_bundle, fmt, is_live, plain, slider_figure
 from .controls import accepted_range, on_options
 from .live import Frame, LiveFigure, fix_ranges
-from .page import PageFrames, Wanted, neighbours, page_key, position
+from .page import PageFrames, Wanted, neighbours, page_key, position, positions
 
 class Explorer:
     """One interactive figure. Subclasses define ``controls``, ``build_figure()`` and ``compute(**state)``.
@@ -32,6 +34,7 @@ class Explorer:
 
     static_over: str = "alpha"
     prefix: str = "α = "
+    PAGE_ALL_STATES = 64  # live: the page gets every state (after the next ones) where there are at most this many
 
     def __init__(self, *, live: bool | None = None):
         self.live = is_live(live)
@@ -133,7 +136,8 @@ class Explorer:
     def page_wanted(self) -> Iterator[Wanted]:
         """What the page should hold, most urgent first: the current state, then each state one student action
         away (``page.neighbours``), filed under the key the page computes at that action (the other controls
-        as they stand) and under the key of the state it settles in (``resolve``)."""
+        as they stand) and under the key of the state it settles in (``resolve``); then, where the controls
+        reach at most ``PAGE_ALL_STATES`` states and moving one never moves another, every state."""
         state = self.state()
         here = {n: position(w) for n, w in self.controls.items()}
         yield (self.page_key(state),), lambda: self.page_frame(state)
@@ -142,6 +146,12 @@ class Explorer:
                 new = self.resolve({**state, name: value}, {name})
                 keys = (page_key({**here, name: pos}.values()), self.page_key(new))
                 yield tuple(dict.fromkeys(keys)), (lambda s=new: self.page_frame(s))
+        if type(self).resolve is Explorer.resolve:  # where the states are few, then all of them (a far jump too)
+            grids = [positions(w) for w in self.controls.values()]
+            if math.prod(map(len, grids)) <= self.PAGE_ALL_STATES:
+                for combo in itertools.product(*grids):
+                    s = dict(zip(self.controls, (v for v, _ in combo)))
+                    yield (page_key(p for _, p in combo),), (lambda s=s: self.page_frame(s))
 
     def choices(self) -> dict[str, Sequence[Any]]:
         """Control → the values it may take, where that is a fixed list (override; live widgets add theirs)."""

@@ -24,7 +24,7 @@ import traitlets
 from ...common.display import plain
 from .live import ANIMATABLE, COLOURS, DATA_ONLY, INSTANT, Frame, on_fixed_axes
 
-__all__ = ["PageFrames", "position", "page_key", "to_page"]
+__all__ = ["PageFrames", "position", "page_key", "to_page", "neighbours", "positions"]
 
 # The front end. ``position`` must match the Python ``position`` below: the kernel files each frame under
 # the key the page computes when the student moves a control there.
@@ -239,3 +239,18 @@ def neighbours(widget: Any) -> Iterator[tuple[Any, str | int | None]]:
         if widget.min - 1e-9 * abs(widget.step) <= x <= widget.max + 1e-9 * abs(widget.step):
             v = base ** x if base else x
             yield (int(round(v)) if isinstance(widget.value, int) else float(v)), p
+
+
+def positions(widget: Any) -> list[tuple[Any, str | int | None]]:
+    """(value, position) of every place ``widget`` can take: each option, each step of a slider."""
+    options = getattr(widget, "options", None)
+    if options is not None:
+        return [(o[1] if isinstance(o, tuple) else o, label) for o, label in zip(options, widget._options_labels)]
+    base = getattr(widget, "base", None)
+    n = int(math.floor((widget.max - widget.min) / widget.step + 1e-9)) + 1
+    out = []
+    for p in range(n):
+        x = widget.min + p * widget.step
+        v = base ** x if base else x
+        out.append(((int(round(v)) if isinstance(widget.value, int) else float(v)), p))
+    return out
