@@ -64,27 +64,21 @@ class LiveFigure(go.FigureWidget):
         ``batch_animate`` share (``_in_batch_mode``, ``_batch_trace_edits``, ``_perform_batch_animate``);
         ``tests/_explorers.py`` checks the message every explorer's controls send, so a plotly release that
         changes them fails the tests rather than the course."""
-        if self._in_batch_mode:
+        with self._edits(send=True):
             yield
-            return
-        self._in_batch_mode = True
-        try:
-            yield
-        finally:
-            self._in_batch_mode = False
-            if redraw_free(self, self._batch_trace_edits, self._batch_layout_edits):
-                self._perform_batch_animate(INSTANT)  # sends Plotly.animate, clears the batch
-            else:
-                restyle, relayout, idx = self._build_update_params_from_batch()
-                self.plotly_update(restyle_data=restyle, relayout_data=relayout, trace_indexes=idx)
-                self._batch_layout_edits.clear()
-                self._batch_trace_edits.clear()
 
     @contextmanager
     def quiet(self) -> Iterator[None]:
         """Edits made to the kernel's copy of the figure only, nothing sent: the page has drawn them already
         (``page.PageFrames``). plotly's own bookkeeping (``_perform_plotly_update``) keeps the copy exact, so
         whatever is sent later is computed against what the page shows."""
+        with self._edits(send=False):
+            yield
+
+    @contextmanager
+    def _edits(self, send: bool) -> Iterator[None]:
+        """Collect the edits made inside (nested: the outermost collects), then apply them to the kernel's
+        copy and, if ``send``, send them: as an instant transition where ``redraw_free``, else ``Plotly.update``."""
         if self._in_batch_mode:
             yield
             return
@@ -93,10 +87,16 @@ class LiveFigure(go.FigureWidget):
             yield
         finally:
             self._in_batch_mode = False
-            restyle, relayout, idx = self._build_update_params_from_batch()
-            self._perform_plotly_update(restyle, relayout, idx)
-            self._batch_layout_edits.clear()
-            self._batch_trace_edits.clear()
+            if send and redraw_free(self, self._batch_trace_edits, self._batch_layout_edits):
+                self._perform_batch_animate(INSTANT)  # sends Plotly.animate, clears the batch
+            else:
+                restyle, relayout, idx = self._build_update_params_from_batch()
+                if send:
+                    self.plotly_update(restyle_data=restyle, relayout_data=relayout, trace_indexes=idx)
+                else:
+                    self._perform_plotly_update(restyle, relayout, idx)
+                self._batch_layout_edits.clear()
+                self._batch_trace_edits.clear()
 
 
 # Plotly.animate's options for an instant change: no easing, and no redraw of the whole figure afterwards.
