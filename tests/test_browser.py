@@ -364,15 +364,16 @@ _LAYOUT = """(id) => {
 }"""
 # Which traces carry x and y, and how long: in the page (plotly.js) ...
 _PAGE_SHAPES = """(id) => {
-  const n = v => (v === undefined || v === null) ? null : v.length;
-  return window.__specdef.gd(id).data.map(t => [n(t.x), n(t.y)]);
+  const a = v => (v === undefined || v === null) ? null : Array.from(v, e => (typeof e === 'number' && !isFinite(e)) ? null : e);
+  return window.__specdef.gd(id).data.map(t => [a(t.x), a(t.y), t.text === undefined ? null : t.text]);
 }"""
 # ... and in the kernel, for every live explorer of the notebook (the page must show what Python holds).
 _KERNEL_CODE = """
 import json as _json
 from specdef_lite.course.widgets import Explorer as _Explorer
-_n = lambda v: None if v is None else len(v)
-print(_json.dumps([[type(_e).__name__, [[_n(t.x), _n(t.y)] for t in _e.figure.data]]
+_n = lambda v: None if v is None else list(v)
+print(_json.dumps([[type(_e).__name__, [[_n(t.x), _n(t.y), _n(t.text) if isinstance(t.text, tuple) else t.text]
+                                        for t in _e.figure.data]]
                    for _e in {id(v): v for v in list(globals().values()) if isinstance(v, _Explorer) and v.live}.values()]))
 """
 _STATE_CODE = """
@@ -731,10 +732,11 @@ def test_course_in_the_browser(lab, browser, nb):
                           + ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v is not None)
                           + f"; drawn in the page {browser.rows[-1]['in_page']}/{len(ms)}; probe {probe:.1f})")
         _readout_in_plot(page, eid)
+        _settle(page, eid)
         in_page = page.evaluate(_PAGE_SHAPES, eid)
         now = json.loads(page.evaluate(_KERNEL_RUN, [path, _KERNEL_CODE]))[i][1]
-        assert in_page == now, (f"{path} {name}: the page's plot differs from the kernel's figure: "
-                                f"[len(x), len(y)] per trace in the page {in_page}, in the kernel {now}")
+        differs = _differs(in_page, now)
+        assert not differs, f"{path} {name}: the page's plot differs from the kernel's figure: {differs}"
     if ids:  # a student's window: the explorers still fit, and that is what the README shows
         page.set_viewport_size({"width": WIDE_WINDOW, "height": 1000})
         page.wait_for_timeout(300)
@@ -767,6 +769,24 @@ def test_course_in_the_browser(lab, browser, nb):
     assert len(statics) == len(ids), f"{path}: {len(ids)} explorers but {len(statics)} static copies in the saved file"
     print(f"\n{path}: ran in {run['seconds']:.1f} s, {len(ids)} explorer(s) driven in "
           f"{time.perf_counter() - t0:.1f} s; " + "; ".join(report))
+
+
+def _differs(page_data: list, kernel_data: list) -> str | None:
+    """Where the page's traces (x, y, text) differ from the kernel's, None if nowhere: numbers to 1e-9
+    relative (a slider's value reaches them through JavaScript), everything else exactly."""
+    if len(page_data) != len(kernel_data):
+        return f"{len(page_data)} traces in the page, {len(kernel_data)} in the kernel"
+    for i, (a, b) in enumerate(zip(page_data, kernel_data)):
+        for what, u, v in zip(("x", "y", "text"), a, b):
+            if isinstance(u, list) and isinstance(v, list) and len(u) == len(v):
+                bad = [j for j, (p, q) in enumerate(zip(u, v))
+                       if not (p == q or (isinstance(p, (int, float)) and isinstance(q, (int, float))
+                                          and abs(p - q) <= 1e-9 * max(abs(p), abs(q))))]
+                if bad:
+                    return f"trace {i} {what}[{bad[0]}]: {u[bad[0]]!r} in the page, {v[bad[0]]!r} in the kernel"
+            elif u != v and not (u in (None, [], "") and v in (None, [], "")):  # unset either way
+                return f"trace {i} {what}: {str(u)[:80]} in the page, {str(v)[:80]} in the kernel"
+    return None
 
 
 def _median_of(parts: list[dict], key: str) -> float | None:

@@ -244,3 +244,12 @@ def test_precision_explorer_live(vanish):
     assert len(ex.page.sent) == 3 * 2 * 2  # and every state: 3 α × 2 formats × 2 optimizers are few
     with pytest.raises(ValueError, match="dtype"):
         PrecisionExplorer(vanish, dtype="float16", live=False)
+
+
+def test_race_eta_labels_tell_every_eta_apart(table):
+    """The page keys η by its label: an η given beside a tried one that rounds alike gets a label of its own."""
+    near = float(table.best_lr("adam")[0]) * 1.0004  # the same to 3 digits
+    ex = RaceExplorer(table, alpha=1.0, optimizer="adam", lr=near, live=True)
+    labels = list(ex.controls["lr"]._options_labels)
+    assert len(set(labels)) == len(labels) and ex.controls["lr"].value == near
+    assert ex.option_label("lr", near) == labels[ex.controls["lr"].index]

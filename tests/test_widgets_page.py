@@ -31,7 +31,7 @@ def test_positions_of_every_control_kind():
         kappa.value = 10 ** (i / 8)
         assert position(kappa) == i
         assert position(kappa, value=float(np.nextafter(10 ** (i / 8), np.inf))) == i  # an ulp off: same step
-    assert position(kappa, value=10 ** 0.5) == 4 and position(kappa, value=50.0) == "13.591760"  # 8·log₁₀ 50
+    assert position(kappa, value=10 ** 0.5) == 4 and position(kappa, value=50.0) == "@13591760"  # 8·log₁₀ 50 = 13.59176…
     k = W.IntSlider(value=2, min=1, max=4)
     assert position(k) == 1 and position(k, value=4) == 3
     alpha = alpha_slider(1e2, [1.0, 1e2, 1e4])
@@ -144,6 +144,19 @@ def test_a_newer_state_abandons_the_older_ones_neighbours_and_a_failing_frame_is
             await asyncio.sleep(0)
     asyncio.run(run())
     assert [k for m in sent for f in m["frames"] for k in f["keys"]] == ["a", "x", "z"]
+    assert page.sent == {"a", "x", "y", "z"}  # y is not tried again: moving there, the explorer says why
+
+
+def test_the_page_asks_for_what_it_lacks_and_forgets_on_reset():
+    calls = []
+    page, sent = _store(lambda: iter([_item("a", calls), _item("b", calls)]))
+    page._on_page(page, {"hello": True}, [])
+    assert calls == ["a", "b"]
+    page._on_page(page, {"need": "b"}, [])  # the page dropped b (or never got it): sent again
+    assert calls == ["a", "b", "b"] and [f["keys"] for f in sent[-1]["frames"]] == [["b"]]
+    page._on_page(page, {"need": 3}, [])  # not a key: ignored
+    page.reset()  # the axes changed: the page forgets, and everything comes again
+    assert sent[-3] == {"reset": True} and calls == ["a", "b", "b", "a", "b"]
 
 
 def test_a_page_that_holds_the_frames_gets_no_plotly_message():
@@ -159,3 +172,19 @@ def test_a_page_that_holds_the_frames_gets_no_plotly_message():
     assert plotly == ["_py2js_animate"]
     assert sent[len(sent) - 7]["frames"][0]["keys"] == [ex.page_key(ex.state())]
     assert list(ex.figure.data[8].x) == [0.05]  # the kernel's copy follows, quietly
+
+
+def test_an_axis_the_student_changes_makes_the_page_forget_its_frames():
+    ex = ConditioningExplorer(kappa=10.0, lr=0.1, steps=60, live=True)
+    sent = []
+    ex.page.send = lambda content, buffers=None: sent.append(content)
+    ex.page._on_page(ex.page, {"hello": True}, [])
+    assert all(f["style"] == "{}" for m in sent for f in m["frames"])  # data on fixed axes: transitions
+    ex.figure._js2py_relayout = {"relayout_data": {"autosize": True}, "source_view_id": None}  # a resize
+    assert {"reset": True} not in sent
+    # a double-click on the loss plot: its x axis autoranges, which a transition would not redo
+    ex.figure._js2py_relayout = {"relayout_data": {"xaxis2.autorange": True}, "source_view_id": None}
+    after = sent[sent.index({"reset": True}) + 1:]
+    assert ex.figure.layout.xaxis2.autorange is True
+    styles = [json.loads(f["style"]) for m in after for f in m["frames"]]
+    assert styles and all(set(s) == {"4", "5"} for s in styles)  # the loss curve and its verdict: redrawn

@@ -60,6 +60,7 @@ class Explorer:
             for name, w in self.controls.items():
                 w.observe(self._on_change, names="value")
             self.page = PageFrames(self.figure, self.controls.values(), self.page_wanted)
+            self.figure.observe(self._on_relayout, names="_js2py_relayout")
 
     # --- to override ---------------------------------------------------------------------------------
     def make_controls(self) -> dict[str, Any]:
@@ -100,8 +101,8 @@ class Explorer:
 
     def frame(self, **state) -> Frame:
         """``compute`` memoised on the state, so moving a slider back costs only a lookup."""
-        key = tuple(sorted(state.items()))
-        if key not in self._cache:
+        key = tuple(sorted((n, float(f"{v:.12g}") if isinstance(v, float) else v) for n, v in state.items()))
+        if key not in self._cache:  # (12 digits: a slider's 10^x from JavaScript and from Python, one key)
             self._cache[key] = self.compute(**state)
         return self._cache[key]
 
@@ -127,6 +128,11 @@ class Explorer:
         if self.page is not None:
             self.page.refresh()  # the page's frame of this state if it lacks it; the next ones when idle
         self.latencies.append(time.perf_counter() - t0)
+
+    def _on_relayout(self, change) -> None:
+        """The student zoomed, panned or autoscaled an axis: the page's frames were judged on the old axes."""
+        if any(k.startswith(("xaxis", "yaxis")) for k in ((change["new"] or {}).get("relayout_data") or {})):
+            self.page.reset()
 
     def page_key(self, state: dict[str, Any]) -> str:
         """The key under which the page files ``state``'s frame (the controls' positions, ``page.position``)."""
@@ -200,7 +206,7 @@ class Explorer:
             if lo is not None and not lo <= float(v) <= hi:
                 raise ValueError(f"{name}={v!r} lies outside this explorer's range {lo:.3g} … {hi:.3g}")
         new = {**state, **values}
-        if self.live:  # the state the explorer will show (03: η moved to a value tried at the new α)
+        if self.live:  # the state resolve() predicts (03: η moved to a value tried there), not one never shown
             new = self.resolve(new, set(values))
         try:
             self.frame(**new)

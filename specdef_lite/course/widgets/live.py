@@ -69,8 +69,8 @@ class LiveFigure(go.FigureWidget):
 
     @contextmanager
     def quiet(self) -> Iterator[None]:
-        """Edits made to the kernel's copy of the figure only, nothing sent: the page has drawn them already
-        (``page.PageFrames``). plotly's own bookkeeping (``_perform_plotly_update``) keeps the copy exact, so
+        """Edits made to the kernel's copy of the figure only, nothing sent: the page draws them itself
+        (``page.PageFrames``: from a frame it holds, or the one the kernel sends it next). plotly's own bookkeeping (``_perform_plotly_update``) keeps the copy exact, so
         whatever is sent later is computed against what the page shows."""
         with self._edits(send=False):
             yield

@@ -30,13 +30,14 @@ __all__ = ["PageFrames", "position", "page_key", "to_page", "neighbours", "posit
 # the key the page computes when the student moves a control there.
 _ESM = r"""
 const INSTANT = %(instant)s;
+const KEEP = 400;  // frames the page keeps, the least recently used dropped first (the kernel resends on need)
 
 function position(m) {
   const labels = m.get("_options_labels");
   if (Array.isArray(labels)) { const i = m.get("index"); return i === null || i === undefined ? null : labels[i]; }
   const v = m.get("value"), base = m.get("base");
   const p = ((base ? Math.log(v) / Math.log(base) : v) - m.get("min")) / m.get("step");
-  return Math.abs(p - Math.round(p)) < 1e-6 ? Math.round(p) : p.toFixed(6);  // off the steps: where exactly
+  return Math.abs(p - Math.round(p)) < 1e-6 ? Math.round(p) : "@" + Math.round(p * 1e6);  // off the steps
 }
 
 function restyle(f) {  // the frame as Plotly.update's per-trace arrays (undefined: leave as is)
@@ -59,10 +60,16 @@ export default {
     const fig = await manager.get_model(model.get("figure"));
     const controls = await Promise.all(model.get("controls").map(id => manager.get_model(id)));
     const frames = new Map();
-    let shown = null, style = null;
+    let shown = null, style = null, asked = null;
     const draw = () => {
       const key = JSON.stringify(controls.map(position)), f = frames.get(key);
-      if (f === undefined || key === shown) return;
+      if (f === undefined) {  // not sent yet, or dropped: the kernel sends the frame of the state it reaches
+        if (key !== asked) { asked = key; model.send({ need: key }); }
+        return;
+      }
+      frames.delete(key); frames.set(key, f);  // the most recently used last
+      if (key === shown) return;
+      asked = null;
       const common = {style_traces: f.traces, layout_data: {}, trace_edit_id: -1, layout_edit_id: -1,
                       source_view_id: null};
       if (f.style === style) give(fig, "_py2js_animate", {...common, style_data: f.data, animation_opts: INSTANT});
@@ -71,7 +78,9 @@ export default {
     };
     for (const c of controls) c.on("change", draw);
     model.on("msg:custom", msg => {
+      if (msg.reset) { frames.clear(); shown = null; style = null; asked = null; }  // the frames' style is stale
       for (const f of msg.frames || []) for (const k of f.keys) frames.set(k, f);
+      while (frames.size > KEEP) frames.delete(frames.keys().next().value);
       draw();
     });
     model.send({ hello: true });
@@ -83,9 +92,9 @@ export default {
 
 def position(widget: Any, value: Any = None, label: str | None = None) -> str | int | None:
     """Where a control stands, as the page computes it: a selection's label, a slider's step number
-    p = (log_base(v) − min) / step (v for a linear slider) — an integer on a step, else p to 6 decimals as
-    text (a value set from code between two steps has a frame of its own). ``value``/``label``: a position
-    the control could take."""
+    p = (log_base(v) − min) / step (v for a linear slider) — an integer on a step, else "@" and p·10⁶ rounded
+    (a value set from code between two steps has a frame of its own; integers, so no decimal formatting can
+    differ between the two languages). ``value``/``label``: a position the control could take."""
     labels = getattr(widget, "_options_labels", None)
     if labels is not None:
         if label is not None:
@@ -99,7 +108,7 @@ def position(widget: Any, value: Any = None, label: str | None = None) -> str | 
     x = math.log(v) / math.log(base) if base else v
     p = (x - widget.min) / widget.step
     step = math.floor(p + 0.5)  # JavaScript's Math.round
-    return step if abs(p - step) < 1e-6 else f"{p:.6f}"
+    return step if abs(p - step) < 1e-6 else f"@{math.floor(p * 1e6 + 0.5)}"
 
 
 def page_key(positions: Iterable[str | int | None]) -> str:
@@ -147,9 +156,11 @@ class PageFrames(anywidget.AnyWidget):
     """The page's store of an explorer's frames; no view. See the module's docstring.
 
     ``wanted()`` lists what the page should hold, most urgent first: the current state, then the states one
-    step away. ``refresh()`` sends the first at once (the page needs it now) and the rest one at a time when
-    the kernel has nothing else to do, each at most once per page (``sent``; a page that loads anew says
-    hello and gets everything again)."""
+    step away. ``refresh()`` sends the first at once (the page needs it now) and the rest one per turn of the
+    kernel's event loop, between the messages it handles, each once (``sent``: a page that loads anew says
+    hello, and every page gets everything again; a page that lacks the frame of a position it reached — one
+    it dropped, or lost — says ``need`` and the kernel sends it again). ``reset()``: the page forgets its
+    frames and gets them anew (the student changed the axes: which frames a transition can draw changed)."""
 
     _esm = _ESM
     figure = traitlets.Unicode().tag(sync=True)
@@ -166,8 +177,20 @@ class PageFrames(anywidget.AnyWidget):
         self.on_msg(self._on_page)
 
     def _on_page(self, _widget, content: dict, _buffers) -> None:
-        if isinstance(content, dict) and content.get("hello"):
+        if not isinstance(content, dict):
+            return
+        if content.get("hello"):
             self.ready, self.sent = True, set()
+            self.refresh()
+        elif isinstance(content.get("need"), str) and self.ready:
+            self.sent.discard(content["need"])
+            self.refresh()
+
+    def reset(self) -> None:
+        """The page drops every frame and gets them again, computed against the figure as it now is."""
+        if self.ready:
+            self.send({"reset": True})
+            self.sent = set()
             self.refresh()
 
     def refresh(self) -> None:
@@ -191,16 +214,22 @@ class PageFrames(anywidget.AnyWidget):
         def step() -> None:
             if generation != self._generation:
                 return
-            for item in items:
-                if self._send_frame(item):
-                    loop.call_soon(step)
-                    return
+            try:
+                for item in items:
+                    if self._send_frame(item):
+                        loop.call_soon(step)
+                        return
+            except BaseException:
+                self.busy = False
+                raise
             self.busy = False
         self.busy = True
         loop.call_soon(step)
 
     def _send_frame(self, item: Wanted) -> bool:
-        """Send one state's frame under those of its keys the page lacks; False if it lacked none."""
+        """Send one state's frame under those of its keys the page lacks; False if it lacked none (nothing
+        was computed). A state whose frame fails is marked sent, not retried: moving there, the explorer's
+        own update says why."""
         keys, make = item
         new = [k for k in keys if k not in self.sent]
         if not new:
@@ -208,6 +237,7 @@ class PageFrames(anywidget.AnyWidget):
         try:
             frame = make()
         except Exception:  # noqa: BLE001 - a state the maths refuses: the page lacks it; moving there says why
+            self.sent.update(new)
             return True
         self.send({"frames": [{"keys": new, **to_page(self._fig, frame)}]})
         self.sent.update(new)
@@ -231,7 +261,8 @@ def neighbours(widget: Any) -> Iterator[tuple[Any, str | int | None]]:
     base = getattr(widget, "base", None)
     here = position(widget)
     if isinstance(here, str):  # between two steps (set from code): the steps either side
-        steps = (math.floor(float(here)), math.ceil(float(here)))
+        p = int(here[1:]) / 1e6
+        steps = (math.floor(p), math.ceil(p))
     else:
         steps = (here - 1, here + 1)
     for p in steps:

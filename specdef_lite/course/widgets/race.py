@@ -77,8 +77,10 @@ class RaceExplorer(Explorer):
         import ipywidgets as W
         opts = [(LABELS.get(o, o), o) for o in self.table.optimizers]
         lr_opts, lr0 = self._lr_options(self._opt0, self._alpha0, self._lr0)
-        if self._lr0 != lr0:  # an η the scan did not try at the start α (given by the caller): offer it too
-            lr_opts, lr0 = sorted(lr_opts + [(_eta(self._lr0), self._lr0)], key=lambda o: o[1]), self._lr0
+        if self._lr0 != lr0:  # an η the scan did not try at the start α (given by the caller): offer it too,
+            label = _eta(self._lr0)  # under a label of its own (the page tells η apart by its label)
+            label = f"{self._lr0:.6g}" if label in {o[0] for o in lr_opts} else label
+            lr_opts, lr0 = sorted(lr_opts + [(label, self._lr0)], key=lambda o: o[1]), self._lr0
         return {
             "alpha": alpha_slider(self._alpha0, self.grid),
             "optimizer": W.Dropdown(options=opts, value=self._opt0, description="optimizer",
@@ -113,7 +115,9 @@ class RaceExplorer(Explorer):
         return {**state, "lr": self._lr_options(state["optimizer"], state["alpha"], state["lr"])[1]}
 
     def option_label(self, name, value):
-        return _eta(value) if name == "lr" else super().option_label(name, value)
+        """η's label: the slider's own where it offers ``value``, else the one ``_lr_options`` will give it."""
+        label = super().option_label(name, value)
+        return _eta(value) if name == "lr" and label is None else label
 
     def build_figure(self) -> go.Figure:
         t = self.table
