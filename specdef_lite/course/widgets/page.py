@@ -7,8 +7,9 @@ and, on the control's own change event in the page, hands the frame for the new 
 as plotly's own message would (``Plotly.animate`` when only data changes, else ``Plotly.update``): the
 kernel is off the path. The kernel keeps its copy of the figure in step without sending anything
 (``LiveFigure.quiet``), sends the frame of any state the page lacks, and, while idle, the frames one step
-from the current state (``Explorer.page_wanted``). Until the page says it is there (its first message),
-the explorer draws through plotly as before — a front end where this never loads loses nothing.
+from the current state (``Explorer.page_wanted``). Until a page says it is there (its first message),
+the explorer draws through plotly as before, so a front end where this never loads loses nothing — unless
+another front end on the same kernel has said hello: from then on only pages with this code follow.
 """
 from __future__ import annotations
 
