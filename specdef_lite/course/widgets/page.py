@@ -61,7 +61,7 @@ export default {
     const fig = await manager.get_model(model.get("figure"));
     const controls = await Promise.all(model.get("controls").map(id => manager.get_model(id)));
     const frames = new Map();
-    let shown = null, style = null, asked = null;
+    let shown = null, style = null, asked = null, drawn = null;
     const draw = () => {
       const key = JSON.stringify(controls.map(position)), f = frames.get(key);
       if (f === undefined) {  // not sent yet, or dropped: the kernel sends the frame of the state it reaches
@@ -69,17 +69,19 @@ export default {
         return;
       }
       frames.delete(key); frames.set(key, f);  // the most recently used last
-      if (key === shown) return;
       asked = null;
+      if (key === shown) return;
+      shown = key;
+      if (f === drawn) return;  // the same frame under another key (03: the state η then settles in)
       const common = {style_traces: f.traces, layout_data: {}, trace_edit_id: -1, layout_edit_id: -1,
                       source_view_id: null};
       if (f.style === style) give(fig, "_py2js_animate", {...common, style_data: f.data, animation_opts: INSTANT});
       else give(fig, "_py2js_update", {...common, style_data: restyle(f)});
-      shown = key; style = f.style;
+      drawn = f; style = f.style;
     };
     for (const c of controls) c.on("change", draw);
     model.on("msg:custom", msg => {
-      if (msg.reset) { frames.clear(); shown = null; style = null; asked = null; }  // the frames' style is stale
+      if (msg.reset) { frames.clear(); shown = style = asked = drawn = null; }  // the frames' style is stale
       for (const f of msg.frames || []) for (const k of f.keys) frames.set(k, f);
       while (frames.size > KEEP) frames.delete(frames.keys().next().value);
       draw();
