@@ -3,8 +3,8 @@
 **In the browser** (the figure that counts, target ≤ 100 ms median per control): ``tests/test_browser.py``
 drives every control of every explorer in JupyterLab in headless Chromium, key press (or click) → the
 plot's data changed in the page, and writes ``build/browser-latency.json``; this script prints that table
-(explorer, control, median, n, load). If the file is missing or older than the library or the notebooks,
-it runs the browser test first (``SPECDEF_LITE_BENCH_BROWSER=0`` skips that and reports what is there).
+(explorer, control, median, n, load). If the file is missing, older than the library or the notebooks, or
+from a run over some notebooks only, it runs the browser test first (``SPECDEF_LITE_BENCH_BROWSER=0`` skips that and reports what is there).
 
 **In Python** (what a control change costs the kernel): each notebook that builds an explorer is executed
 in this process, cell by cell, with its test parameters and ``SPECDEF_LITE_HEADLESS=0``, so every explorer
@@ -149,7 +149,8 @@ BROWSER_CMD = ".venv/bin/python -m pytest -q tests/test_browser.py"
 def browser_table() -> tuple[dict | None, str]:
     """The browser test's latency rows, rerunning the test when they are missing or stale."""
     sources = [*(ROOT / "specdef_lite").rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb"), ROOT / "tests" / "test_browser.py"]
-    stale = not BROWSER_JSON.exists() or BROWSER_JSON.stat().st_mtime < max(p.stat().st_mtime for p in sources)
+    stale = (not BROWSER_JSON.exists() or BROWSER_JSON.stat().st_mtime < max(p.stat().st_mtime for p in sources)
+             or json.loads(BROWSER_JSON.read_text()).get("partial", True))  # a run over some notebooks only
     note = ""
     if stale and os.environ.get("SPECDEF_LITE_BENCH_BROWSER", "1") != "0":
         log(f"running the browser test ({BROWSER_CMD}): {'stale' if BROWSER_JSON.exists() else 'no'} build/browser-latency.json")
