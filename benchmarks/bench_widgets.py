@@ -73,16 +73,9 @@ def build_explorers(path: Path) -> dict[str, object]:
 
 
 def slider_values(widget) -> list:
-    """Every value a slider (or a toggle) can take, in order."""
-    if hasattr(widget, "options") and widget.options:
-        opts = list(widget.options)
-        return [o[1] if isinstance(o, tuple) else o for o in opts]
-    if type(widget).__name__ == "FloatLogSlider":
-        n = int(round((widget.max - widget.min) / widget.step)) + 1
-        return [float(widget.base ** (widget.min + i * widget.step)) for i in range(n)]
-    if type(widget).__name__ == "IntSlider":
-        return list(range(widget.min, widget.max + 1, widget.step))
-    raise TypeError(f"no value list for {type(widget).__name__}")
+    """Every value a slider (or a toggle) can take, in order (``course.widgets.page.positions``)."""
+    from specdef_lite.course.widgets.page import positions
+    return [v for v, _ in positions(widget)]
 
 
 def measure(explorer, name: str) -> dict:
@@ -123,7 +116,7 @@ def measure_page(explorer, name: str) -> dict:
             await asyncio.sleep(0)
 
     async def run() -> tuple[list, list, list]:
-        page._on_page(page, {"hello": True}, [])
+        page.hello()
         await idle()
         change, ahead, sent = [], [], []
         for v in order:

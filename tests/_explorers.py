@@ -68,7 +68,7 @@ def assert_page_draws_every_next_state(explorer) -> int:
     ex = explorer
     sent: list[dict] = []
     ex.page.send = lambda content, buffers=None: sent.append(content)
-    ex.page._on_page(ex.page, {"hello": True}, [])
+    ex.page.hello()
     assert ex.page.ready
 
     def held() -> dict[str, dict]:

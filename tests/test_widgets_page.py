@@ -116,7 +116,7 @@ def test_nothing_before_hello_then_the_first_now_and_the_rest_while_idle():
     assert sent == [] and not page.ready  # no page yet: the explorer draws through plotly as before
 
     async def run():
-        page._on_page(page, {"hello": True}, [])
+        page.hello()
         first = [f["keys"] for m in sent for f in m["frames"]]
         for _ in range(10):
             await asyncio.sleep(0)
@@ -125,7 +125,7 @@ def test_nothing_before_hello_then_the_first_now_and_the_rest_while_idle():
     assert [f["keys"] for m in sent for f in m["frames"]] == [["a"], ["b"], ["c"], ["d"]]
     page.refresh()
     assert len(sent) == 4 and calls == ["a", "b", "c", "d"]  # each at most once per page: nothing computed again
-    page._on_page(page, {"hello": True}, [])  # a page loaded anew has nothing: everything again
+    page.hello()  # a page loaded anew has nothing: everything again
     assert len(sent) == 8
 
 
@@ -137,7 +137,7 @@ def test_a_newer_state_abandons_the_older_ones_neighbours_and_a_failing_frame_is
         raise ValueError("the maths refuses this state")
 
     async def run():
-        page._on_page(page, {"hello": True}, [])  # sends a; b and c are queued
+        page.hello()  # sends a; b and c are queued
         wanted[0] = [_item("x"), ((("y",), broken)), _item("z")]
         page.refresh()  # the state moved on before the loop turned: x now, then z (y fails), never b or c
         for _ in range(10):
@@ -150,7 +150,7 @@ def test_a_newer_state_abandons_the_older_ones_neighbours_and_a_failing_frame_is
 def test_the_page_asks_for_what_it_lacks_and_forgets_on_reset():
     calls = []
     page, sent = _store(lambda: iter([_item("a", calls), _item("b", calls)]))
-    page._on_page(page, {"hello": True}, [])
+    page._on_page(page, {"hello": True}, [])  # the page's first message, as it arrives
     assert calls == ["a", "b"]
     page._on_page(page, {"need": "b"}, [])  # the page dropped b (or never got it): sent again
     assert calls == ["a", "b", "b"] and [f["keys"] for f in sent[-1]["frames"]] == [["b"]]
@@ -167,7 +167,7 @@ def test_a_page_that_holds_the_frames_gets_no_plotly_message():
     assert plotly == ["_py2js_animate"]  # no page has said hello: plotly's own message, as before
     sent = []
     ex.page.send = lambda content, buffers=None: sent.append(content)
-    ex.page._on_page(ex.page, {"hello": True}, [])
+    ex.page.hello()
     ex.set(lr=0.05)  # far from the neighbours sent: its frame goes first, then its own neighbours
     assert plotly == ["_py2js_animate"]
     assert sent[len(sent) - 7]["frames"][0]["keys"] == [ex.page_key(ex.state())]
@@ -178,7 +178,7 @@ def test_an_axis_the_student_changes_makes_the_page_forget_its_frames():
     ex = ConditioningExplorer(kappa=10.0, lr=0.1, steps=60, live=True)
     sent = []
     ex.page.send = lambda content, buffers=None: sent.append(content)
-    ex.page._on_page(ex.page, {"hello": True}, [])
+    ex.page.hello()
     assert all(f["style"] == "{}" for m in sent for f in m["frames"])  # data on fixed axes: transitions
     ex.figure._js2py_relayout = {"relayout_data": {"autosize": True}, "source_view_id": None}  # a resize
     assert {"reset": True} not in sent

@@ -33,6 +33,7 @@ from ...common.display import fmt
 from ...experiments.descent import OPTIMIZERS, Path, descent_path, quadratic_arrays
 from ...experiments.kappa import gd_rate
 from ._base import Explorer, fit_layout
+from .page import positions
 
 __all__ = ["ConditioningExplorer"]
 
@@ -79,9 +80,8 @@ class ConditioningExplorer(Explorer):
         self._contours: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # κ -> (levels, x, y)
         super().__init__(live=live)
         if self.live:  # every κ the slider reaches, now (~0.1 s; the first costs ~0.4 s): a κ move is then a lookup
-            w = self.controls["kappa"]
-            for i in range(int(round((w.max - w.min) / w.step)) + 1):
-                self.contours(float(w.base ** (w.min + i * w.step)))
+            for kappa, _ in positions(self.controls["kappa"]):
+                self.contours(kappa)
 
     # --- Explorer interface --------------------------------------------------------------------------
     def make_controls(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from ...common.display import plain
 
-__all__ = ["Frame", "LiveFigure", "INSTANT", "DATA_ONLY", "redraw_free", "on_fixed_axes", "fix_ranges"]
+__all__ = ["Frame", "LiveFigure", "INSTANT", "DATA_ONLY", "redraw_free", "undrawn", "on_fixed_axes", "fix_ranges"]
 
 Frame = dict[int, dict[str, Any]]  # trace index -> {"x": ..., "y": ..., ...}
 
@@ -108,24 +108,25 @@ COLOURS = frozenset({"marker.color", "line.color"})  # drawn on the trace, but n
 
 
 def redraw_free(fig: go.Figure, trace_edits: dict[int, dict], layout_edits: dict) -> bool:
-    """True when plotly.js can show these edits by redrawing the edited traces alone: no layout edit, and
-    each edited trace a scatter or bar whose edits are data (``DATA_ONLY``; a colour only where the trace
-    has no legend entry) on axes with fixed ranges — a transition neither redraws the legend nor re-runs
+    """True when plotly.js can show these edits by redrawing the edited traces alone: no layout edit, and no
+    edit a transition would not draw (``undrawn``) — a transition neither redraws the legend nor re-runs
     autorange. (Reads the figure's own property dicts, ``fig._data`` and ``fig._layout``: going through
     ``fig.data[i]`` and ``fig.layout`` built plotly objects and cost ~2 ms a change.)"""
     if layout_edits or not trace_edits:
         return False
-    data, layout = fig._data, fig._layout
-    legend = layout.get("showlegend") is not False
-    for i, edits in trace_edits.items():
-        trace = data[i]
-        if trace.get("type", "scatter") not in ANIMATABLE or not set(edits) <= DATA_ONLY:
-            return False
-        if legend and trace.get("showlegend") is not False and COLOURS & set(edits):
-            return False
-        if not on_fixed_axes(trace, layout):
-            return False
-    return True
+    return not any(undrawn(fig, i, edits) for i, edits in trace_edits.items())
+
+
+def undrawn(fig: go.Figure, i: int, edits: Iterable[str]) -> set[str]:
+    """Which of trace ``i``'s edited properties (plotly's dotted paths) a zero-length transition would not
+    draw: all of them on a trace type without transitions (``ANIMATABLE``) or on an axis whose range is not
+    fixed (no autorange after a transition); else those beyond ``DATA_ONLY``, and a colour the legend shows."""
+    trace, layout = fig._data[i], fig._layout
+    edits = set(edits)
+    if trace.get("type", "scatter") not in ANIMATABLE or not on_fixed_axes(trace, layout):
+        return edits
+    shows = layout.get("showlegend") is not False and trace.get("showlegend") is not False
+    return (edits - DATA_ONLY) | (edits & COLOURS if shows else set())
 
 
 def on_fixed_axes(trace: dict, layout: dict) -> bool:

@@ -23,7 +23,7 @@ import anywidget
 import traitlets
 
 from ...common.display import plain
-from .live import ANIMATABLE, COLOURS, DATA_ONLY, INSTANT, Frame, on_fixed_axes
+from .live import INSTANT, Frame, undrawn
 
 __all__ = ["PageFrames", "position", "page_key", "to_page", "neighbours", "positions"]
 
@@ -121,21 +121,15 @@ def page_key(positions: Iterable[str | int | None]) -> str:
 
 def to_page(fig: Any, frame: Frame) -> dict[str, Any]:
     """A frame as the page keeps it: trace indices, each trace's edits as plotly's dotted paths with plain
-    values, and ``style`` — the edits a transition would not draw (anything but ``DATA_ONLY``, a colour the
-    legend shows, data on an axis that is not fixed, a trace type without transitions), as text. The page
+    values, and ``style`` — the edits a transition would not draw (``live.undrawn``: what ``redraw_free``
+    refuses), as text. The page
     animates a frame whose style is the one shown, and otherwise redraws the figure with it."""
-    data, layout = fig._data, fig._layout
-    legend = layout.get("showlegend") is not False
     traces, edits, style = [], [], {}
     for i, attrs in sorted(frame.items()):
         flat = _flat(plain(attrs))
-        trace = data[i]
-        animatable = trace.get("type", "scatter") in ANIMATABLE and on_fixed_axes(trace, layout)
-        shows = legend and trace.get("showlegend") is not False
-        kept = {k: v for k, v in flat.items()
-                if not animatable or k not in DATA_ONLY or (shows and k in COLOURS)}
+        kept = undrawn(fig, i, flat)
         if kept:
-            style[str(i)] = kept
+            style[str(i)] = {k: flat[k] for k in sorted(kept)}
         traces.append(i)
         edits.append(flat)
     return {"traces": traces, "data": edits, "style": json.dumps(style, sort_keys=True)}
@@ -183,11 +177,15 @@ class PageFrames(anywidget.AnyWidget):
         if not isinstance(content, dict):
             return
         if content.get("hello"):
-            self.ready, self.sent = True, set()
-            self.refresh()
+            self.hello()
         elif isinstance(content.get("need"), str) and self.ready:
             self.sent.discard(content["need"])
             self.refresh()
+
+    def hello(self) -> None:
+        """What the page's first message does: from now on the page draws the changes, starting empty."""
+        self.ready, self.sent = True, set()
+        self.refresh()
 
     def reset(self) -> None:
         """The page drops every frame and gets them again, computed against the figure as it now is."""
@@ -261,18 +259,13 @@ def neighbours(widget: Any) -> Iterator[tuple[Any, str | int | None]]:
             if j != i and 0 <= j < len(values):
                 yield values[j], labels[j]
         return
-    base = getattr(widget, "base", None)
     here = position(widget)
     if isinstance(here, str):  # between two steps (set from code): the steps either side
         p = int(here[1:]) / 1e6
-        steps = (math.floor(p), math.ceil(p))
+        steps = {math.floor(p), math.ceil(p)}
     else:
-        steps = (here - 1, here + 1)
-    for p in steps:
-        x = widget.min + p * widget.step
-        if widget.min - 1e-9 * abs(widget.step) <= x <= widget.max + 1e-9 * abs(widget.step):
-            v = base ** x if base else x
-            yield (int(round(v)) if isinstance(widget.value, int) else float(v)), p
+        steps = {here - 1, here + 1}
+    yield from ((v, p) for v, p in positions(widget) if p in steps)
 
 
 def positions(widget: Any) -> list[tuple[Any, str | int | None]]:
